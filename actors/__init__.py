@@ -1,0 +1,1 @@
+"""Thin @ray.remote shells around fgrlhf_ray classes (installed as fgrlhf_ray.actors)."""

@@ -1,0 +1,674 @@
+"""The typed configuration tree of a whole run (pydantic v2), YAML loading and overrides.
+
+One `RunConfig` describes a training run: policy, rollout engines, the list of reward
+models, PPO, the DeepSpeed learner, Ray placement, data, logging and checkpoints.
+Every field carries a docstring (exported as its JSON-schema description) and a default
+matching DESIGN.md's paper-A defaults. Unknown keys are errors (`extra="forbid"`).
+
+Loading goes through `load_config(path, overrides)`, which turns every problem
+(missing file, YAML syntax, unknown key, wrong type, cross-field rule) into one
+`ConfigError` whose message lists each problem with its field path, the bad value,
+what is allowed, a close match for misspelt keys and, where known, the YAML line.
+
+This module imports no ray / vllm / deepspeed (a test enforces it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fgrlhf_ray.errors import ConfigError
+
+RewardKind = Literal["segment_classifier", "sequence_preference", "token_level", "function", "http", "serve"]
+RewardDensity = Literal["sub_sentence", "sentence", "sequence", "token"]
+
+# Which densities each reward-model kind can produce. Function / HTTP / Serve scorers
+# wrap arbitrary user code or remote models, so they may declare any density.
+ALLOWED_DENSITIES: dict[str, tuple[str, ...]] = {
+    "segment_classifier": ("sub_sentence", "sentence"),
+    "sequence_preference": ("sequence",),
+    "token_level": ("token",),
+    "function": ("sub_sentence", "sentence", "sequence", "token"),
+    "http": ("sub_sentence", "sentence", "sequence", "token"),
+    "serve": ("sub_sentence", "sentence", "sequence", "token"),
+}
+MODEL_KINDS = ("segment_classifier", "sequence_preference", "token_level")
+
+# Paper A, section "LM customization": the relevance weight steers response length.
+RELEVANCE_WEIGHT_PRESETS: dict[str, float] = {"short": 0.4, "medium": 0.3, "long": 0.2}
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, docstrings are descriptions."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class PolicyConfig(StrictModel):
+    model_path: str = "outputs/demo/sft"
+    """HF folder (or hub id on a networked cluster) of the initial policy; also the frozen reference."""
+
+    tokenizer_path: str | None = None
+    """Tokenizer folder; defaults to `model_path`."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype for vLLM and the reference model (the learner's mixed precision is `learner.bf16`)."""
+
+
+# -------------------------------------------------------------------------- rollout
+
+
+class SamplingConfig(StrictModel):
+    temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature (paper A: 0.7). 0 means greedy."""
+
+    top_k: int = Field(20, ge=-1)
+    """Sample from the k most likely tokens (paper A: 20); -1 disables."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass; 1.0 disables."""
+
+    max_new_tokens: int = Field(200, ge=1)
+    """Maximum response length in policy tokens (paper A: 200)."""
+
+    n_samples_per_prompt: int = Field(1, ge=1)
+    """Responses sampled per prompt in each rollout."""
+
+
+class RolloutConfig(StrictModel):
+    num_engines: int = Field(1, ge=1)
+    """Number of vLLM engine actors; prompts are sharded across them."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per engine (vLLM tensor parallelism); must be 1 on CPU."""
+
+    gpu_memory_utilization: float = Field(0.15, gt=0.0, le=1.0)
+    """Share of accelerator memory vLLM may take (on CPU: share of RAM). Low on CPU."""
+
+    kv_cache_space_gib: float = Field(1.0, gt=0.0)
+    """KV-cache size in GiB for vLLM-CPU (`VLLM_CPU_KVCACHE_SPACE`); ignored on GPU."""
+
+    max_model_len: int = Field(1024, ge=16)
+    """Longest prompt + response the engine accepts, in tokens."""
+
+    enforce_eager: bool = True
+    """Skip graph capture / compilation: faster start-up, slower steady state."""
+
+    num_cpus_per_engine: float = Field(1.0, ge=0.0)
+    """CPUs reserved for each engine actor."""
+
+    num_gpus_per_engine: float = Field(0.0, ge=0.0)
+    """GPUs reserved for each engine actor (set to tensor_parallel_size on a GPU cluster)."""
+
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Sampling parameters for training rollouts."""
+
+
+# -------------------------------------------------------------------- reward models
+
+
+class RewardModelConfig(StrictModel):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Unique name; used in logs and metrics (e.g. `relevance`, `factuality`)."""
+
+    kind: RewardKind
+    """segment_classifier (C1/C2), sequence_preference (C3 / holistic), token_level (paper B),
+    function (`module:function`), http (a URL speaking /v1/score) or serve (a Ray Serve deployment)."""
+
+    path: str | None = None
+    """Saved reward-model folder (for segment_classifier, sequence_preference, token_level)."""
+
+    target: str | None = None
+    """`module:function` for kind function; base URL for http; `app/deployment` for serve."""
+
+    density: RewardDensity
+    """Where the reward lands: per sub-sentence, sentence, whole sequence or token."""
+
+    weight: float = 1.0
+    """Multiplier on this model's rewards (paper A: relevance 0.3, factuality 0.5, completeness 0.3)."""
+
+    normalize_mean: float | None = None
+    """Subtract this from raw rewards before weighting; null = take the value stored with the model (sequence RMs) or 0."""
+
+    normalize_std: float | None = Field(None, gt=0.0)
+    """Divide raw rewards by this before weighting; null = take the value stored with the model or 1."""
+
+    num_replicas: int = Field(1, ge=1)
+    """Scorer actors (or Serve replicas) for this model."""
+
+    num_cpus: float = Field(1.0, ge=0.0)
+    """CPUs per scorer replica."""
+
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per scorer replica."""
+
+    batch_size: int = Field(16, ge=1)
+    """Responses per forward pass inside a scorer."""
+
+    timeout_s: float = Field(60.0, gt=0.0)
+    """Per-request timeout for http scorers."""
+
+    max_retries: int = Field(3, ge=0)
+    """Retries with exponential backoff for http scorers."""
+
+    max_concurrency: int = Field(4, ge=1)
+    """Concurrent in-flight requests for http scorers."""
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "RewardModelConfig":
+        allowed = ALLOWED_DENSITIES[self.kind]
+        if self.density not in allowed:
+            raise ValueError(
+                f"reward model {self.name!r} of kind {self.kind!r} cannot have density {self.density!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        if not math.isfinite(self.weight):
+            raise ValueError(f"reward model {self.name!r}: weight must be a finite number, got {self.weight}")
+        if self.normalize_mean is not None and not math.isfinite(self.normalize_mean):
+            raise ValueError(f"reward model {self.name!r}: normalize_mean must be finite")
+        if self.kind in MODEL_KINDS and not self.path:
+            raise ValueError(f"reward model {self.name!r} of kind {self.kind!r} needs `path` (a saved RM folder)")
+        if self.kind == "function" and not re.fullmatch(r"[\w.]+:[\w.]+", self.target or ""):
+            raise ValueError(
+                f"reward model {self.name!r} of kind 'function' needs `target` as 'module:function', got {self.target!r}"
+            )
+        if self.kind == "http" and not re.match(r"^https?://", self.target or ""):
+            raise ValueError(
+                f"reward model {self.name!r} of kind 'http' needs `target` as an http(s):// URL, got {self.target!r}"
+            )
+        if self.kind == "serve" and not self.target:
+            raise ValueError(f"reward model {self.name!r} of kind 'serve' needs `target` (Serve app or deployment name)")
+        return self
+
+
+# ------------------------------------------------------------------------------ PPO
+
+
+class PPOConfig(StrictModel):
+    total_steps: int = Field(100, ge=1)
+    """PPO steps (rollout → score → learn → sync) to run."""
+
+    prompts_per_step: int = Field(16, ge=1)
+    """Prompts drawn per step; the rollout batch is prompts_per_step × n_samples_per_prompt."""
+
+    kl_coef: float = Field(0.3, ge=0.0)
+    """β of the per-token KL penalty −β·(log π − log π_ref) (paper A: 0.3; holistic: 0.2)."""
+
+    kl_estimator: Literal["k1", "k3", "abs"] = "k1"
+    """Per-token KL estimator: k1 = log-ratio, k3 = Schulman's unbiased non-negative one, abs = |log-ratio|."""
+
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    """Fixed β, or Ziegler et al.'s adaptive controller steering KL towards `kl_target`."""
+
+    kl_target: float = Field(6.0, gt=0.0)
+    """Target KL (nats per sequence) for the adaptive controller."""
+
+    kl_horizon: int = Field(10000, ge=1)
+    """Horizon (in samples) of the adaptive controller."""
+
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """GAE discount γ (paper A: 1.0)."""
+
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE λ (paper A: 0.95; holistic baseline 0.99)."""
+
+    policy_clip: float = Field(0.2, gt=0.0)
+    """PPO ratio clip ε for the policy loss."""
+
+    value_clip: float = Field(0.2, gt=0.0)
+    """Clip range of the value prediction around the old value."""
+
+    dual_clip: float | None = Field(None, gt=1.0)
+    """Dual-clip constant c > 1 bounding the loss for negative advantages; null disables."""
+
+    value_loss_coef: float = Field(0.5, ge=0.0)
+    """Multiplier of the value loss (0.5·max(unclipped, clipped) squared error)."""
+
+    ppo_epochs: int = Field(4, ge=1)
+    """Passes over each rollout batch (paper A: 4)."""
+
+    minibatch_size: int = Field(8, ge=1)
+    """Samples per optimiser step (across all learner ranks)."""
+
+    loss_aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
+    """Average the policy loss over all tokens, or per sequence then over sequences."""
+
+    scale_rewards_by_std: bool = True
+    """Divide per-token rewards by their std over the batch, mean kept (paper A)."""
+
+    whiten_advantages: bool = True
+    """Whiten advantages over valid tokens (paper A)."""
+
+    lr: float = Field(1e-5, gt=0.0)
+    """Policy Adam learning rate (paper A: 1e-5)."""
+
+    critic_lr: float = Field(1e-5, gt=0.0)
+    """Critic Adam learning rate."""
+
+    adam_eps: float = Field(1e-5, gt=0.0)
+    """Adam ε (paper A: 1e-5)."""
+
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
+
+
+# -------------------------------------------------------------------------- learner
+
+
+class LoRAConfig(StrictModel):
+    enabled: bool = False
+    """Train LoRA adapters instead of all policy weights (merged before each weight sync)."""
+
+    r: int = Field(8, ge=1)
+    """LoRA rank."""
+
+    alpha: float = Field(16.0, gt=0.0)
+    """LoRA scaling α."""
+
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA path."""
+
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that receive adapters."""
+
+
+class CriticConfig(StrictModel):
+    model_path: str | None = None
+    """Backbone of the critic; null = start from the policy's weights."""
+
+    shared_backbone: bool = False
+    """Share the policy's backbone (one model, two heads) instead of a separate critic network."""
+
+
+class LearnerConfig(StrictModel):
+    world_size: int = Field(1, ge=1)
+    """Learner ranks (one DeepSpeed data-parallel group)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    """DeepSpeed ZeRO stage."""
+
+    offload_optimizer: bool = False
+    """Keep optimizer states on CPU (DeepSpeed offload)."""
+
+    bf16: bool = False
+    """bfloat16 mixed precision (on GPU; CPU runs stay float32)."""
+
+    grad_accum_steps: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimiser step."""
+
+    micro_batch_size: int = Field(4, ge=1)
+    """Samples per forward/backward pass on one rank."""
+
+    num_cpus_per_rank: float = Field(1.0, ge=0.0)
+    """CPUs reserved per learner rank."""
+
+    num_gpus_per_rank: float = Field(0.0, ge=0.0)
+    """GPUs reserved per learner rank."""
+
+    weight_sync: Literal["object_store", "nccl"] = "object_store"
+    """How new weights reach vLLM: object store (CPU, small models) or NCCL broadcast (GPU clusters)."""
+
+    sync_probe_tolerance: float = Field(1e-2, gt=0.0)
+    """Max |log π_vLLM − log π_learner| on the probe sequence after a sync before the run fails."""
+
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    """Optional LoRA training."""
+
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    """Critic (value model) setup."""
+
+
+# ------------------------------------------------------------------------------ Ray
+
+
+class RayConfig(StrictModel):
+    address: str | None = None
+    """Cluster to join (`auto`, `ray://host:10001`); null = `RAY_ADDRESS` if set, else a local cluster."""
+
+    placement: Literal["separate", "colocate"] = "separate"
+    """separate: each actor group gets its own bundles; colocate: rollout, reference and learner share bundles."""
+
+    rollout_resources: dict[str, float] = Field(default_factory=dict)
+    """Extra custom resources per rollout actor (e.g. `{node:10.0.0.5: 0.01}` to pin to a node)."""
+
+    learner_resources: dict[str, float] = Field(default_factory=dict)
+    """Extra custom resources per learner rank."""
+
+    scorer_resources: dict[str, float] = Field(default_factory=dict)
+    """Extra custom resources per scorer actor."""
+
+    max_restarts: int = Field(2, ge=-1)
+    """Ray restarts for rollout / scorer / reference actors (-1 = unlimited)."""
+
+    phase_retries: int = Field(2, ge=0)
+    """Times the controller retries a failed phase after an actor dies."""
+
+    get_timeout_s: float = Field(1800.0, gt=0.0)
+    """Timeout of each phase's `ray.get`."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class DataConfig(StrictModel):
+    train_file: str = "outputs/demo/data/train.json"
+    """Prompts for RL: QA-FEEDBACK-style JSON list (`text` field) or JSONL with `prompt`."""
+
+    dev_file: str | None = None
+    """Prompts for periodic evaluation."""
+
+    format: Literal["qa_feedback", "jsonl"] = "qa_feedback"
+    """qa_feedback: a JSON list whose `text` is the prompt; jsonl: one object per line."""
+
+    prompt_field: str = "text"
+    """Field holding the prompt text."""
+
+    max_prompt_tokens: int = Field(512, ge=1)
+    """Prompts longer than this (policy tokens) are cut from the left (the question stays)."""
+
+    shuffle: bool = True
+    """Shuffle prompts each epoch (seeded)."""
+
+
+# ------------------------------------------------------------------ logging, checkpoint
+
+
+class LoggingConfig(StrictModel):
+    dir: str = "runs/default"
+    """Run folder: metrics.jsonl, TensorBoard events, the effective config."""
+
+    tensorboard: bool = True
+    """Also write TensorBoard scalars."""
+
+    eval_every: int = Field(0, ge=0)
+    """Evaluate on `data.dev_file` every k steps (0 = never)."""
+
+
+class CheckpointConfig(StrictModel):
+    dir: str | None = None
+    """Checkpoint folder; null = `<logging.dir>/checkpoints`."""
+
+    every: int = Field(0, ge=0)
+    """Save every k steps (0 = only at the end)."""
+
+    keep_last: int = Field(3, ge=1)
+    """Complete checkpoints kept; older ones are deleted."""
+
+
+# ----------------------------------------------------------------------------- root
+
+
+class RunConfig(StrictModel):
+    seed: int = 42
+    """Seed for data order, sampling and initialisation."""
+
+    preset: Literal["short", "medium", "long"] | None = None
+    """Paper A's length presets: sets the weight of the reward model named `relevance`
+    (short 0.4, medium 0.3, long 0.2)."""
+
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    """Initial policy (and reference)."""
+
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """vLLM rollout engines."""
+
+    reward_models: list[RewardModelConfig]
+    """Reward models whose weighted rewards are summed per token (at least one)."""
+
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    """PPO hyper-parameters."""
+
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    """DeepSpeed learner."""
+
+    ray: RayConfig = Field(default_factory=RayConfig)
+    """Ray cluster and placement."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Training / evaluation prompts."""
+
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """Metrics and TensorBoard."""
+
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpointing."""
+
+    @field_validator("reward_models")
+    @classmethod
+    def _at_least_one_reward_model(cls, value: list[RewardModelConfig]) -> list[RewardModelConfig]:
+        # A field validator (not the model validator below) so it is reported together
+        # with every other field error instead of being masked by them.
+        if not value:
+            raise ValueError("at least one reward model is required")
+        return value
+
+    @model_validator(mode="after")
+    def _check_run(self) -> "RunConfig":
+        names = [rm.name for rm in self.reward_models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"reward_models: names must be unique, repeated: {', '.join(duplicates)}")
+        if self.preset is not None and "relevance" not in names:
+            raise ValueError(
+                f"preset {self.preset!r} sets the weight of the reward model named 'relevance', "
+                f"but there is none (reward models: {', '.join(names)})"
+            )
+        if self.ppo.minibatch_size > self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt:
+            raise ValueError(
+                f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds the rollout batch "
+                f"(ppo.prompts_per_step × rollout.sampling.n_samples_per_prompt = "
+                f"{self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt})"
+            )
+        if self.ppo.minibatch_size % self.learner.world_size:
+            raise ValueError(
+                f"ppo.minibatch_size ({self.ppo.minibatch_size}) must be divisible by "
+                f"learner.world_size ({self.learner.world_size})"
+            )
+        if self.learner.lora.enabled and self.learner.critic.shared_backbone:
+            raise ValueError("learner.lora.enabled with learner.critic.shared_backbone is not supported")
+        return self
+
+    def effective_reward_weights(self) -> dict[str, float]:
+        """Weight per reward model after applying `preset`."""
+        weights = {rm.name: rm.weight for rm in self.reward_models}
+        if self.preset is not None:
+            weights["relevance"] = RELEVANCE_WEIGHT_PRESETS[self.preset]
+        return weights
+
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.dir or os.path.join(self.logging.dir, "checkpoints")
+
+
+# ------------------------------------------------------------------- YAML & overrides
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (["a", "b", "c"], typed value); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set ppo.kl_coef=0.2")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.(\w+))*", key):
+        raise ConfigError(f"--set {text!r}: {key!r} is not a dotted field path like ppo.kl_coef")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of `data` with each `a.b.c=value` override applied (list items by index)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[: depth + 1])
+            if isinstance(node, list):
+                node = node[_list_index(node, part, where, text)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
+            else:
+                raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, text, text)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _list_index(node: list, part: str, where: str, text: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {text!r}: {where} must be a list index 0..{len(node) - 1}, got {part!r}")
+    return int(part)
+
+
+def _yaml_lines(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                sub = path + (str(key_node.value),)
+                lines[sub] = key_node.start_mark.line + 1
+                walk(value_node, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (str(i),)] = item.start_mark.line + 1
+                walk(item, path + (str(i),))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _model_fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model reached by `loc` (for "did you mean" suggestions)."""
+    cls: Any = model_cls
+    for part in loc:
+        if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ()) or ()
+        candidates = [annotation, *args]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def format_validation_error(
+    exc: ValidationError,
+    model_cls: type[BaseModel],
+    *,
+    source: str,
+    lines: dict[tuple, int] | None = None,
+    overridden: set[tuple] | None = None,
+) -> str:
+    """One line per problem: `line N: field.path: problem (got VALUE)`, with hints.
+
+    `lines` maps YAML key paths to line numbers; `overridden` holds the key paths set by
+    `--set`, which are reported as such instead of with a (misleading) file line.
+    """
+    lines = lines or {}
+    overridden = overridden or set()
+    out = [f"{source}: invalid configuration ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in err["loc"])
+        path = ".".join(loc) or "(top level)"
+        if any(loc[: len(o)] == o for o in overridden):
+            where = "--set "
+        else:
+            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+            where = f"line {line}: " if line else ""
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _model_fields_at(model_cls, err["loc"][:-1])
+            close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
+            hint = f" — did you mean `{close[0]}`?" if close else ""
+            out.append(f"  {where}{path}: unknown field{hint} (allowed: {', '.join(allowed)})")
+            continue
+        if kind == "missing":
+            out.append(f"  {where}{path}: required field is missing")
+            continue
+        shown = err.get("input")
+        shown_text = "" if isinstance(shown, (dict, list)) and kind == "value_error" else f" (got {shown!r})"
+        out.append(f"  {where}{path}: {msg}{shown_text}")
+    return "\n".join(out)
+
+
+def load_model_from_yaml(model_cls: type[M], path: str | os.PathLike, overrides: list[str] | None = None) -> M:
+    """Load `model_cls` from a YAML file, apply `--set` overrides, validate.
+
+    Raises `ConfigError` with a readable, complete message for every kind of bad input.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config path is not a file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    overrides = list(overrides or [])
+    data = apply_overrides(data, overrides)
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        overridden = {tuple(parse_override(o)[0]) for o in overrides}
+        message = format_validation_error(
+            exc, model_cls, source=str(path), lines=_yaml_lines(text), overridden=overridden
+        )
+        raise ConfigError(message) from None
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run configuration (see `load_model_from_yaml`)."""
+    return load_model_from_yaml(RunConfig, path, overrides)
+
+
+def dump_config(config: BaseModel) -> str:
+    """The effective configuration as YAML, defaults filled in, in field order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

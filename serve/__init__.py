@@ -1,0 +1,1 @@
+"""Ray Serve applications for reward models (installed as fgrlhf_ray.serve)."""
