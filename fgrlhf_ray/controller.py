@@ -1,0 +1,348 @@
+"""The PPO loop, written against interfaces.
+
+One step reads like the algorithm:
+
+    prompts  = next batch of prompts
+    rollout  = generate(prompts)                                  # vLLM engines
+    verdicts = score(rollout) ‖ reference(rollout) ‖ values(rollout)   # fan out, one wait
+    exp      = assemble(rollout, verdicts, ...)                   # pure algo code
+    stats    = learn(exp)                                         # DeepSpeed ranks
+    sync_weights(); check the probe                               # learner → vLLM
+
+The collaborators (`RolloutService`, `ScorerService`, `ReferenceService`,
+`LearnerService`) return *handles*, and a `Runtime` resolves handles and puts objects.
+With Ray a handle is an ObjectRef and the runtime is `RayRuntime` (one `ray.wait`
+sweep per phase to time each participant, then one `ray.get`); in unit tests a handle is
+the value itself and `InProcessRuntime` is the identity. The controller therefore never
+imports Ray, and runs in-process with fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from fgrlhf_ray.algo.advantages import compute_gae, scale_rewards_by_std, whiten
+from fgrlhf_ray.algo.experience import pad_rollout
+from fgrlhf_ray.algo.kl import AdaptiveKLController, FixedKLController
+from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards, token_char_offsets, total_token_rewards
+from fgrlhf_ray.config import RunConfig
+from fgrlhf_ray.metrics import MetricsLogger
+from fgrlhf_ray.prompts import PromptSampler
+from fgrlhf_ray.types import Experience, RolloutBatch, SegmentRewards
+
+log = logging.getLogger(__name__)
+
+Handle = Any  # an ObjectRef under Ray, the value itself in-process
+
+
+class Runtime(Protocol):
+    def put(self, value: Any) -> Handle: ...
+
+    def resolve(self, handles: dict[str, Handle], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
+        """Values for every handle, and seconds until each was ready (measured from the call)."""
+        ...
+
+
+class RolloutService(Protocol):
+    def generate(self, prompts: list[str], *, n: int, sampling: dict, seed: int) -> RolloutBatch: ...
+
+    def sync_weights(self, weights: Handle) -> Handle: ...
+
+    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> Handle: ...
+
+
+class ScorerService(Protocol):
+    name: str
+
+    def score(self, rollout: Handle) -> Handle:  # -> list[SegmentRewards], one per sample
+        ...
+
+
+class ReferenceService(Protocol):
+    def logprobs(self, rollout: Handle) -> Handle:  # -> (B, T) tensor
+        ...
+
+
+class LearnerService(Protocol):
+    def logprobs_and_values(self, rollout: Handle) -> Handle:  # -> ((B, T), (B, T))
+        ...
+
+    def train(self, experience: Handle) -> Handle:  # -> stats dict
+        ...
+
+    def weights(self) -> Handle:  # -> whatever RolloutService.sync_weights accepts
+        ...
+
+    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> Handle: ...
+
+    def save_checkpoint(self, directory: str) -> Handle: ...
+
+
+class InProcessRuntime:
+    """Handles are plain values: for unit tests with in-process fakes."""
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    def resolve(self, handles: dict[str, Any], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
+        return dict(handles), {name: 0.0 for name in handles}
+
+
+class WeightSyncError(RuntimeError):
+    """vLLM's logprobs after a weight sync disagree with the learner's."""
+
+
+@dataclass
+class StepResult:
+    step: int
+    metrics: dict[str, float]
+    experience: Experience | None = None
+
+
+@dataclass
+class ScorerSpec:
+    """How a scorer's raw values become per-token rewards (from its RewardModelConfig)."""
+
+    name: str
+    weight: float
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class PPOController:
+    """Drives PPO steps over the given services. Construct with keyword arguments only."""
+
+    config: RunConfig
+    prompts: Sequence[str]
+    rollout: RolloutService
+    scorers: Sequence[ScorerService]
+    scorer_specs: Sequence[ScorerSpec]
+    reference: ReferenceService
+    learner: LearnerService
+    decode: Any  # callable list[int] -> str, the policy tokenizer's decode (for char offsets)
+    pad_token_id: int  # the policy tokenizer's pad id (learner and reference pad the same way)
+    runtime: Runtime = field(default_factory=InProcessRuntime)
+    metrics: MetricsLogger | None = None
+    probe: tuple[list[int], list[int]] | None = None  # (prompt_ids, response_ids) checked after each sync
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        ppo = self.config.ppo
+        self.sampler = PromptSampler(list(self.prompts), seed=self.config.seed, shuffle=self.config.data.shuffle)
+        if ppo.kl_controller == "adaptive":
+            self.kl_controller = AdaptiveKLController(init_kl_coef=ppo.kl_coef, target=ppo.kl_target,
+                                                     horizon=ppo.kl_horizon)
+        else:
+            self.kl_controller = FixedKLController(kl_coef=ppo.kl_coef)
+        if [s.name for s in self.scorers] != [s.name for s in self.scorer_specs]:
+            raise ValueError("scorers and scorer_specs must name the same reward models in the same order")
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, num_steps: int | None = None, *, on_step=None) -> list[StepResult]:
+        results = []
+        end = self.config.ppo.total_steps if num_steps is None else self.step + num_steps
+        while self.step < end:
+            result = self.train_step()
+            results.append(result)
+            if on_step is not None:
+                on_step(result)
+        return results
+
+    def train_step(self) -> StepResult:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        prompts = self.sampler.next_batch(self.config.ppo.prompts_per_step)
+        rollout, rollout_handle = self.generate(prompts, timings)
+        verdicts, ref_logprobs, (old_logprobs, old_values) = self.score_and_evaluate(rollout_handle, timings)
+        experience, reward_stats = self.assemble(rollout, verdicts, ref_logprobs, old_logprobs, old_values)
+        learn_stats = self.learn(experience, timings)
+        sync_stats = self.sync_weights(timings)
+        self.kl_controller.update(reward_stats["kl"], n_steps=len(rollout))
+        self.step += 1
+        timings["time/step"] = time.perf_counter() - started
+        metrics = {**reward_stats, **learn_stats, **sync_stats, **timings, **rollout_stats(rollout),
+                   "kl_coef": float(self.kl_controller.value)}
+        if self.metrics is not None:
+            self.metrics.log(self.step, metrics)
+        return StepResult(step=self.step, metrics=metrics, experience=experience)
+
+    # ----------------------------------------------------------------- the steps
+
+    def generate(self, prompts: list[str], timings: dict[str, float]) -> tuple[RolloutBatch, Handle]:
+        """Sample responses; the batch is put in the object store once for the fan-out."""
+        t0 = time.perf_counter()
+        sampling = self.config.rollout.sampling
+        rollout = self.rollout.generate(
+            prompts,
+            n=sampling.n_samples_per_prompt,
+            sampling=sampling.model_dump(),
+            seed=self.config.seed * 100_003 + self.step,
+        )
+        timings["time/generate"] = time.perf_counter() - t0
+        return rollout, self.runtime.put(rollout)
+
+    def score_and_evaluate(
+        self, rollout: Handle, timings: dict[str, float]
+    ) -> tuple[dict[str, list[SegmentRewards]], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """All scorers, the reference policy and the learner's old logprobs/values at once."""
+        handles: dict[str, Handle] = {f"score:{s.name}": s.score(rollout) for s in self.scorers}
+        handles["reference"] = self.reference.logprobs(rollout)
+        handles["values"] = self.learner.logprobs_and_values(rollout)
+        t0 = time.perf_counter()
+        values, ready_after = self.runtime.resolve(handles, timeout=self.config.ray.get_timeout_s)
+        timings["time/score_reference_values"] = time.perf_counter() - t0
+        timings["time/score"] = max((t for k, t in ready_after.items() if k.startswith("score:")), default=0.0)
+        timings["time/reference"] = ready_after["reference"]
+        timings["time/values"] = ready_after["values"]
+        verdicts = {s.name: values[f"score:{s.name}"] for s in self.scorers}
+        return verdicts, values["reference"], values["values"]
+
+    def assemble(
+        self,
+        rollout: RolloutBatch,
+        verdicts: dict[str, list[SegmentRewards]],
+        ref_logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        old_values: torch.Tensor,
+    ) -> tuple[Experience, dict[str, float]]:
+        """Per-token rewards, KL, GAE: pure `algo` code over the padded batch."""
+        ppo = self.config.ppo
+        padded = pad_rollout(rollout, pad_token_id=self.pad_token_id)
+        offsets = [token_char_offsets(ids, self.decode, text=text)
+                   for ids, text in zip(rollout.response_ids, rollout.responses)]
+        outputs = [
+            ScorerOutput.from_segment_rewards(spec.name, verdicts[spec.name], weight=spec.weight,
+                                              mean=spec.mean, std=spec.std)
+            for spec in self.scorer_specs
+        ]
+        return assemble_experience(
+            sequences=padded.sequences,
+            attention_mask=padded.attention_mask,
+            action_mask=padded.action_mask,
+            token_offsets=offsets,
+            scorer_outputs=outputs,
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs,
+            old_values=old_values,
+            kl_coef=float(self.kl_controller.value),
+            kl_estimator=ppo.kl_estimator,
+            gamma=ppo.gamma,
+            lam=ppo.lam,
+            scale_rewards=ppo.scale_rewards_by_std,
+            whiten_advantages=ppo.whiten_advantages,
+        )
+
+    def learn(self, experience: Experience, timings: dict[str, float]) -> dict[str, float]:
+        t0 = time.perf_counter()
+        stats, _ = self.runtime.resolve({"learn": self.learner.train(self.runtime.put(experience))},
+                                        timeout=self.config.ray.get_timeout_s)
+        timings["time/learn"] = time.perf_counter() - t0
+        return dict(stats["learn"])
+
+    def sync_weights(self, timings: dict[str, float]) -> dict[str, float]:
+        """Push the learner's weights to every engine, then compare logprobs on the probe."""
+        t0 = time.perf_counter()
+        self.runtime.resolve({"sync": self.rollout.sync_weights(self.learner.weights())},
+                             timeout=self.config.ray.get_timeout_s)
+        timings["time/sync"] = time.perf_counter() - t0
+        if self.probe is None:
+            return {}
+        prompt_ids, response_ids = self.probe
+        got, _ = self.runtime.resolve(
+            {"engine": self.rollout.probe_logprobs(prompt_ids, response_ids),
+             "learner": self.learner.probe_logprobs(prompt_ids, response_ids)},
+            timeout=self.config.ray.get_timeout_s,
+        )
+        gap = max(abs(a - b) for a, b in zip(got["engine"], got["learner"]))
+        tolerance = self.config.learner.sync_probe_tolerance
+        log.info("weight sync: probe max |logp_vllm - logp_learner| = %.2e", gap)
+        if not gap <= tolerance:  # also catches NaN
+            raise WeightSyncError(
+                f"after the weight sync at step {self.step + 1}, vLLM's logprobs differ from the learner's by "
+                f"{gap:.3e} on the probe sequence (tolerance learner.sync_probe_tolerance={tolerance:g}). "
+                f"The engines are not running the learner's weights (a tied lm_head not included? dtype mismatch?)."
+            )
+        return {"sync/probe_gap": gap}
+
+    # ----------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "sampler": self.sampler.state_dict(),
+                "kl_controller": self.kl_controller.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.kl_controller.load_state_dict(state["kl_controller"])
+
+
+def assemble_experience(
+    *,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    action_mask: torch.Tensor,
+    token_offsets: Sequence[Sequence[tuple[int, int]]],
+    scorer_outputs: Sequence[ScorerOutput],
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str,
+    gamma: float,
+    lam: float,
+    scale_rewards: bool,
+    whiten_advantages: bool,
+) -> tuple[Experience, dict[str, float]]:
+    """From scorer verdicts and model outputs to a PPO `Experience` (pure function).
+
+    Shapes: `sequences`, `attention_mask` (B, P+T); `action_mask`, `old_logprobs`,
+    `ref_logprobs`, `old_values` (B, T); `token_offsets[i]` has one (start, end) per real
+    response token of sample i.
+
+        scores_t  = Σ_rm w_rm (v − μ_rm)/σ_rm   at each segment's last token   (place_segment_rewards)
+        r_t       = scores_t − β·KL_t                                          (total_token_rewards)
+        r_t      ← r_t / std(r) (mean kept)     if scale_rewards               (paper A)
+        A, R      = GAE(r, V_old; γ, λ);  A ← whiten(A) if whiten_advantages
+    """
+    mask = action_mask
+    scores, per_scorer, score_stats = place_segment_rewards(scorer_outputs, token_offsets=token_offsets,
+                                                           action_mask=mask)
+    rewards, kl_stats = total_token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, kl_estimator)
+    if scale_rewards:
+        rewards = scale_rewards_by_std(rewards, mask)
+    advantages, returns = compute_gae(rewards, old_values, mask, gamma, lam)
+    if whiten_advantages:
+        advantages = whiten(advantages, mask, shift_mean=True)
+    experience = Experience(
+        sequences=sequences,
+        attention_mask=attention_mask,
+        action_mask=mask,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        old_values=old_values,
+        rewards=rewards,
+        advantages=advantages,
+        returns=returns,
+    )
+    stats = {**score_stats, **kl_stats}
+    stats["reward/total_mean"] = stats.pop("score")
+    return experience, stats
+
+
+def rollout_stats(rollout: RolloutBatch) -> dict[str, float]:
+    lengths = [len(ids) for ids in rollout.response_ids]
+    truncated = sum(reason == "length" for reason in rollout.finish_reasons)
+    return {
+        "response_length/mean": sum(lengths) / max(len(lengths), 1),
+        "response_length/max": float(max(lengths, default=0)),
+        "rollout/truncated_fraction": truncated / max(len(lengths), 1),
+        "rollout/samples": float(len(lengths)),
+    }
