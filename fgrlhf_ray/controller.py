@@ -60,7 +60,7 @@ class RolloutService(Protocol):
 class ScorerService(Protocol):
     name: str
 
-    def score(self, rollout: Handle) -> Handle:  # -> list[SegmentRewards], one per sample
+    def score(self, rollout: Handle, num_samples: int) -> Handle:  # -> list[SegmentRewards], one per sample
         ...
 
 
@@ -161,7 +161,8 @@ class PPOController:
         started = time.perf_counter()
         prompts = self.sampler.next_batch(self.config.ppo.prompts_per_step)
         rollout, rollout_handle = self.generate(prompts, timings)
-        verdicts, ref_logprobs, (old_logprobs, old_values) = self.score_and_evaluate(rollout_handle, timings)
+        verdicts, ref_logprobs, (old_logprobs, old_values) = self.score_and_evaluate(
+            rollout_handle, len(rollout), timings)
         experience, reward_stats = self.assemble(rollout, verdicts, ref_logprobs, old_logprobs, old_values)
         learn_stats = self.learn(experience, timings)
         sync_stats = self.sync_weights(timings)
@@ -190,10 +191,10 @@ class PPOController:
         return rollout, self.runtime.put(rollout)
 
     def score_and_evaluate(
-        self, rollout: Handle, timings: dict[str, float]
+        self, rollout: Handle, num_samples: int, timings: dict[str, float]
     ) -> tuple[dict[str, list[SegmentRewards]], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """All scorers, the reference policy and the learner's old logprobs/values at once."""
-        handles: dict[str, Handle] = {f"score:{s.name}": s.score(rollout) for s in self.scorers}
+        handles: dict[str, Handle] = {f"score:{s.name}": s.score(rollout, num_samples) for s in self.scorers}
         handles["reference"] = self.reference.logprobs(rollout)
         handles["values"] = self.learner.logprobs_and_values(rollout)
         t0 = time.perf_counter()

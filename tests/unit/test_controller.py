@@ -66,7 +66,8 @@ class FakeSentenceScorer:
     def __init__(self, calls):
         self.calls = calls
 
-    def score(self, rollout):
+    def score(self, rollout, num_samples):
+        assert num_samples == len(rollout)
         self.calls.append("score:fact")
         out = []
         for text in rollout.responses:
@@ -83,7 +84,8 @@ class FakeSequenceScorer:
     def __init__(self, calls):
         self.calls = calls
 
-    def score(self, rollout):
+    def score(self, rollout, num_samples):
+        assert num_samples == len(rollout)
         self.calls.append("score:comp")
         return [SegmentRewards([Segment(0, len(t), float(len(t)))], density="sequence") for t in rollout.responses]
 
