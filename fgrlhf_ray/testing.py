@@ -93,6 +93,7 @@ def build_tiny_llama(
     max_position_embeddings: int = 512,
     seed: int = 0,
     tie_word_embeddings: bool = False,
+    output_init_std: float | None = None,
     corpus: list[str] | None = None,
 ) -> Path:
     """Write a tiny random `LlamaForCausalLM` + local BPE tokenizer to `out_dir`.
@@ -102,6 +103,12 @@ def build_tiny_llama(
     vocab equals the tokenizer's vocab (`len(tokenizer)`), which can be a little below
     `vocab_size` when the corpus yields fewer merges. Weights are saved as safetensors
     in float32. Deterministic for a given `seed`.
+
+    `output_init_std` re-initialises the output layer N(0, std²) so next-token
+    distributions are neither uniform (HF's 0.02 init gives entropy ≈ log V) nor
+    one-hot. Default: 0.2 untied (entropy ≈ 3.9 nats at V=512); 0.05 tied (the
+    shared matrix is also the input embedding, whose self-dot-product dominates
+    the logits: 0.1 already gives entropy < 0.1).
 
     Returns `Path(out_dir)`.
     """
@@ -140,10 +147,12 @@ def build_tiny_llama(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    # A random init with std 0.02 gives near-uniform next-token distributions; a larger
-    # std on the output layer makes sampling/logprob tests less degenerate.
+    # HF's std-0.02 init gives near-uniform next-token distributions: tests on
+    # sampling and logprobs would barely see a difference between two models.
+    if output_init_std is None:
+        output_init_std = 0.05 if tie_word_embeddings else 0.2
     with torch.no_grad():
-        model.get_output_embeddings().weight.normal_(0.0, 0.5)
+        model.get_output_embeddings().weight.normal_(0.0, output_init_std)
     model.save_pretrained(str(out), safe_serialization=True)
     # Record how the folder was made (handy when a test fails on a cached model).
     (out / "fgrlhf_tiny_llama.json").write_text(
@@ -155,6 +164,7 @@ def build_tiny_llama(
                 "num_heads": num_heads,
                 "seed": seed,
                 "tie_word_embeddings": tie_word_embeddings,
+                "output_init_std": output_init_std,
             },
             indent=2,
         )
