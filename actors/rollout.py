@@ -1,0 +1,268 @@
+"""Ray shells for rollouts: `RolloutActor` (one vLLM engine) and `RolloutGroup` (N of them).
+
+`RolloutActor` only hands off to `fgrlhf_ray.rollout.VLLMRolloutEngine`. `RolloutGroup`
+is driver-side plain Python: it shards prompts over the engines, gathers the results,
+and fans weight updates out (object store: one `ray.put`, every engine loads the same
+ObjectRef in parallel; NCCL: see `fgrlhf_ray.weight_sync.NcclWeightBroadcaster`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+
+from fgrlhf_ray.rollout import VLLMRolloutEngine
+from fgrlhf_ray.types import RolloutBatch
+from fgrlhf_ray.weight_sync import check_probe_gap, serialize_state_dict
+
+
+@ray.remote
+class RolloutActor:
+    """One `VLLMRolloutEngine` in its own Ray worker process."""
+
+    def __init__(self, **engine_kwargs: Any) -> None:
+        self.engine = VLLMRolloutEngine(**engine_kwargs)
+
+    def ready(self) -> float:
+        return self.engine.startup_s
+
+    def generate(self, prompts: list[str], **kwargs: Any) -> RolloutBatch:
+        return self.engine.generate(prompts, **kwargs)
+
+    def load_weights(self, blob: bytes) -> int:
+        # Ray resolves a top-level ObjectRef argument before the call: `blob` is bytes.
+        return self.engine.load_weights(blob)
+
+    def probe_logprobs_batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        return self.engine.probe_logprobs_batch(prompt_ids, response_ids)
+
+    def init_weight_broadcast(self, **kwargs: Any) -> None:
+        self.engine.init_weight_broadcast(**kwargs)
+
+    def receive_weight_broadcast(self, plan: list) -> int:
+        return self.engine.receive_weight_broadcast(plan)
+
+    def close_weight_broadcast(self) -> None:
+        self.engine.close_weight_broadcast()
+
+    def stats(self) -> dict[str, float]:
+        return self.engine.stats()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def merge_rollouts(parts: Sequence[RolloutBatch]) -> RolloutBatch:
+    """Concatenate shard results in order (prompt_index values are already global)."""
+    out = RolloutBatch([], [], [], [], [], [], [])
+    for p in parts:
+        out.prompts += p.prompts
+        out.prompt_ids += p.prompt_ids
+        out.responses += p.responses
+        out.response_ids += p.response_ids
+        out.logprobs += p.logprobs
+        out.prompt_index += p.prompt_index
+        out.finish_reasons += p.finish_reasons
+    return out
+
+
+def contiguous_shards(num_items: int, num_shards: int) -> list[tuple[int, int]]:
+    """[start, end) ranges splitting `num_items` into `num_shards` contiguous shards whose
+    sizes differ by at most one (earlier shards get the extra item); empty shards are
+    dropped."""
+    base, extra = divmod(num_items, num_shards)
+    ranges, start = [], 0
+    for i in range(num_shards):
+        size = base + (1 if i < extra else 0)
+        if size:
+            ranges.append((start, start + size))
+        start += size
+    return ranges
+
+
+class RolloutGroup:
+    """N `RolloutActor`s serving one policy.
+
+    Args (keyword-only):
+        num_engines: number of vLLM engines (actors).
+        engine_kwargs: `VLLMRolloutEngine` keyword arguments shared by all engines.
+        placement_group: optional Ray placement group; engine i uses bundle i.
+        num_cpus: Ray CPUs reserved per actor (logical, for scheduling).
+        num_gpus: Ray GPUs per actor (= tensor_parallel_size on GPU for TP=1 engines;
+            TP>1 inside one actor on GPU is not covered here).
+        env_vars: extra environment for every actor (runtime_env), e.g.
+            {"VLLM_CPU_KVCACHE_SPACE": "1"}.
+        cpu_bind: "spread" (default) gives engine i its own slice of its node's CPUs
+            (`VLLM_CPU_OMP_THREADS_BIND`, ignored by GPU vLLM); any other value is
+            passed to every engine as-is (e.g. "auto", "nobind"); or a list, one per engine.
+        startup_timeout_s / call_timeout_s: bounds for engine start-up and for each
+            generate / sync / probe round; a timeout raises `TimeoutError` naming the
+            call instead of hanging the controller.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_engines: int,
+        engine_kwargs: Mapping[str, Any],
+        placement_group: Any = None,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        env_vars: Mapping[str, str] | None = None,
+        cpu_bind: str | Sequence[str] | None = "spread",
+        startup_timeout_s: float = 900.0,
+        call_timeout_s: float = 1800.0,
+    ) -> None:
+        if num_engines < 1:
+            raise ValueError(f"RolloutGroup: num_engines={num_engines} must be >= 1.")
+        if not isinstance(cpu_bind, (str, type(None))) and len(cpu_bind) != num_engines:
+            raise ValueError(
+                f"RolloutGroup: cpu_bind has {len(cpu_bind)} entries for {num_engines} engines."
+            )
+        self.num_engines = num_engines
+        self.engine_kwargs = dict(engine_kwargs)
+        self.tensor_parallel_size = int(self.engine_kwargs.get("tensor_parallel_size", 1))
+        self.call_timeout_s = call_timeout_s
+        self.actors = []
+        for i in range(num_engines):
+            options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+            if env_vars:
+                options["runtime_env"] = {"env_vars": {k: str(v) for k, v in env_vars.items()}}
+            if placement_group is not None:
+                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=i
+                )
+            kwargs = dict(self.engine_kwargs)
+            if cpu_bind == "spread":
+                kwargs.setdefault("cpu_bind", f"spread:{i}/{num_engines}")
+            elif isinstance(cpu_bind, str):
+                kwargs.setdefault("cpu_bind", cpu_bind)
+            elif cpu_bind is not None:
+                kwargs.setdefault("cpu_bind", cpu_bind[i])
+            self.actors.append(RolloutActor.options(**options).remote(**kwargs))
+        start = time.perf_counter()
+        self.startup_s_per_engine = self._get(
+            [a.ready.remote() for a in self.actors], startup_timeout_s, "engine start-up"
+        )
+        self.startup_s = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ helpers
+    def _get(self, refs: list, timeout_s: float | None, what: str) -> list:
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        try:
+            return ray.get(refs, timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(
+                f"RolloutGroup: {what} did not finish within {timeout_s:.0f} s on "
+                f"{len(refs)} engine(s). An engine may be stuck or too slow: check the "
+                "actors' logs (ray logs / dashboard), or raise the timeout."
+            ) from None
+
+    # ------------------------------------------------------------------ rollouts
+    def generate_refs(self, prompts: Sequence[str], **kwargs: Any) -> list:
+        """Launch generation on all engines; one ObjectRef (RolloutBatch) per shard.
+        Prompts are split into contiguous shards; prompt_index stays global."""
+        prompts = list(prompts)
+        prompt_ids = kwargs.pop("prompt_ids", None)
+        refs = []
+        for actor, (lo, hi) in zip(self.actors, contiguous_shards(len(prompts), self.num_engines)):
+            shard_kwargs = dict(kwargs, prompt_index_offset=lo)
+            if prompt_ids is not None:
+                shard_kwargs["prompt_ids"] = list(prompt_ids[lo:hi])
+            refs.append(actor.generate.remote(prompts[lo:hi], **shard_kwargs))
+        return refs
+
+    def generate(self, prompts: Sequence[str], *, timeout_s: float | None = None, **kwargs: Any) -> RolloutBatch:
+        """Sample over all engines (`VLLMRolloutEngine.generate` kwargs: n, temperature,
+        top_k, top_p, max_new_tokens, seed, prompt_ids, stop_token_ids) and merge."""
+        return merge_rollouts(self._get(self.generate_refs(prompts, **kwargs), timeout_s, "generate"))
+
+    # ------------------------------------------------------------------ weights
+    def sync_weights(
+        self,
+        weights: Any,
+        *,
+        tie_word_embeddings: bool | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, float]:
+        """Object-store weight sync: every engine loads the same weights in place.
+
+        `weights` is an ObjectRef to safetensors bytes (what a learner actor returns
+        from `serialize_state_dict`; nothing passes through the driver), bytes, or a
+        state dict (then `tie_word_embeddings` is required; serialised here once).
+        Returns timing stats.
+        """
+        start = time.perf_counter()
+        if isinstance(weights, ray.ObjectRef):
+            ref = weights
+        else:
+            if isinstance(weights, Mapping):
+                if tie_word_embeddings is None:
+                    raise ValueError(
+                        "RolloutGroup.sync_weights: pass tie_word_embeddings=True/False with "
+                        "a state dict (a tied lm_head must be sent explicitly)."
+                    )
+                weights = serialize_state_dict(weights, tie_word_embeddings=tie_word_embeddings)
+            ref = ray.put(bytes(weights))
+        put_s = time.perf_counter() - start
+        counts = self._get([a.load_weights.remote(ref) for a in self.actors], timeout_s, "weight sync")
+        if len(set(counts)) != 1:
+            raise RuntimeError(f"RolloutGroup.sync_weights: engines loaded different tensor counts {counts}.")
+        return {"sync/total_s": time.perf_counter() - start, "sync/put_s": put_s,
+                "sync/num_tensors": float(counts[0])}
+
+    def init_weight_broadcast_async(self, *, host: str, port: int, backend: str = "nccl", timeout_s: float = 300.0) -> list:
+        """Make every vLLM worker join the learner's broadcast group (learner = rank 0).
+        Returns refs; the learner must call `NcclWeightBroadcaster.connect()` while they run."""
+        tp = self.tensor_parallel_size
+        world = 1 + self.num_engines * tp
+        return [
+            a.init_weight_broadcast.remote(host=host, port=port, rank_offset=1 + i * tp,
+                                           world_size=world, backend=backend, timeout_s=timeout_s)
+            for i, a in enumerate(self.actors)
+        ]
+
+    @property
+    def broadcast_world_size(self) -> int:
+        return 1 + self.num_engines * self.tensor_parallel_size
+
+    def receive_weight_broadcast_async(self, plan: list) -> list:
+        """Start receiving one broadcast on every engine; returns refs (tensor counts)."""
+        return [a.receive_weight_broadcast.remote(plan) for a in self.actors]
+
+    # ------------------------------------------------------------------ probe
+    def probe(self, prompt_ids: Sequence[int], response_ids: Sequence[int], *, timeout_s: float | None = None) -> list[list[float]]:
+        """Each engine's logprobs of one fixed sequence: (num_engines, len(response_ids))."""
+        refs = [a.probe_logprobs_batch.remote([list(prompt_ids)], [list(response_ids)]) for a in self.actors]
+        return [r[0] for r in self._get(refs, timeout_s, "probe")]
+
+    def check_sync(
+        self,
+        learner_logprobs: Sequence[float],
+        prompt_ids: Sequence[int],
+        response_ids: Sequence[int],
+        *,
+        tolerance: float,
+    ) -> float:
+        """Max over engines of the probe gap; raises `ProbeGapError` past `tolerance`."""
+        return max(check_probe_gap(learner_logprobs, lp, tolerance) for lp in self.probe(prompt_ids, response_ids))
+
+    def stats(self) -> list[dict[str, float]]:
+        return self._get([a.stats.remote() for a in self.actors], None, "stats")
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Stop vLLM inside each actor, then kill the actors (idempotent)."""
+        if not self.actors:
+            return
+        try:
+            ray.get([a.shutdown.remote() for a in self.actors], timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - best effort; the actors are killed below anyway
+            pass
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
