@@ -108,10 +108,15 @@ def test_token_char_offsets_match_byte_truth(request, which, text):
     tok: Tokenizer = request.getfixturevalue(which)
     ids = tok.encode(text).ids + [tok.token_to_id("<eos>")]
 
+    calls = []
+
     def decode(x):
+        calls.append(1)
         return tok.decode(x, skip_special_tokens=True)
 
     offsets = token_char_offsets(ids, decode)
+    # Linear incremental path (≤ 2 decodes per token + 1), not the quadratic fallback.
+    assert len(calls) <= 2 * len(ids) + 1
     assert len(offsets) == len(ids)
     assert "".join(text[a:b] for a, b in offsets) == text
     assert offsets[-1][0] == offsets[-1][1] == len(text)  # EOS decodes to nothing
@@ -450,3 +455,39 @@ def test_total_token_rewards_ignores_junk_at_padding(estimator):
     r2, s2 = total_token_rewards(scores2, lp2, ref2, mask, beta=0.2, estimator=estimator)
     assert torch.equal(r1, r2) and s1 == s2
     torch.testing.assert_close(r1, (scores - 0.2 * kl_penalty(lp, ref, mask, estimator)) * mask)
+
+
+def test_offsets_with_sentencepiece_style_byte_fallback_tokenizer():
+    """Llama-style: '▁' word marks, <0xXX> byte-fallback tokens, and a decoder that strips
+    the first leading space — the incremental window must see the same context."""
+    from tokenizers import normalizers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>", *byte_tokens], show_progress=False)
+    tok.train_from_iterator(["the cat sat on the mat. the dog sat too. café"] * 20, trainer)
+
+    def decode(ids):  # the trainer registers byte tokens as "special": keep them
+        return tok.decode(ids, skip_special_tokens=False)
+
+    for text in ["the cat sat on the mat.", "the 🦀 crab and 日本 café", " lead space"]:
+        ids = tok.encode(text).ids
+        decoded = decode(ids)
+        assert decoded == text.lstrip(" ") or decoded == text
+        offsets = token_char_offsets(ids, decode)
+        assert "".join(decoded[a:b] for a, b in offsets) == decoded
+        assert all(offsets[k][0] == offsets[k - 1][1] for k in range(1, len(offsets)))
+
+    text = "the 🦀 crab and 日本 café"
+    enc = tok.encode(text)
+    crab_bytes = [t for t, s in enumerate(enc.tokens) if s in ("<0xF0>", "<0x9F>", "<0xA6>", "<0x80>")]
+    assert len(crab_bytes) == 4
+    offsets = token_char_offsets(enc.ids, decode)
+    decoded = decode(enc.ids)
+    crab = decoded.index("🦀")
+    assert char_ends_to_token_index(offsets, [crab + 1]) == [crab_bytes[-1]]
+    assert [offsets[t][1] - offsets[t][0] for t in crab_bytes] == [0, 0, 0, 1]

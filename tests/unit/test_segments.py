@@ -127,6 +127,14 @@ def test_no_final_punctuation_and_unicode():
     assert_valid_spans(t, split_sub_sentences(t))
 
 
+@pytest.mark.parametrize("t", ["\xa0A . .\xa0.\xa0", "\xa0. . .\xa0.\xa0", "... !!! ???", "a\u2003b.\u2003c"])
+def test_odd_punctuation_and_unicode_spaces_are_covered(t):
+    # pysbd's `Segmenter.segment` returns [] for the first two; we must not drop text.
+    assert_valid_spans(t, split_sentences(t))
+    assert split_sentences(t)
+    assert_valid_spans(t, split_sub_sentences(t))
+
+
 def test_min_words_must_be_positive():
     with pytest.raises(ValueError, match="min_words"):
         split_sub_sentences("a b c", min_words=0)
