@@ -18,7 +18,11 @@ from fgrlhf_ray.errors import FgrlhfError
 
 # Imported lazily per call of `main` so that `fgrlhf --version` stays fast and a
 # heavy dependency of one command (vLLM, Ray) is only imported when that command runs.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "fgrlhf_ray.data.cli",  # fgrlhf data synth
+    "fgrlhf_ray.sft",  # fgrlhf sft
+    "fgrlhf_ray.rewards.cli",  # fgrlhf train-rm, eval-rm
+]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
