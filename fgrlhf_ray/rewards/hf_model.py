@@ -1,0 +1,238 @@
+"""The neural RMs' shared base: backbone + linear head (`RMNetwork`) and
+`HFRewardModel` (construction from a backbone, save / load, padding, batching).
+
+A saved folder holds the backbone (`save_pretrained`), the tokenizer, the head
+(`rm_head.safetensors`) and `fgrlhf_rm.json` (`RMMetadata`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from fgrlhf_ray.errors import ConfigError
+from fgrlhf_ray.rewards.base import (
+    HEAD_FILE,
+    METADATA_FILE,
+    TASKS,
+    RMMetadata,
+    check_pair_lengths,
+    default_backbone_path,
+)
+from fgrlhf_ray.types import SegmentRewards
+
+
+class RMNetwork(nn.Module):
+    """`backbone` (any HF AutoModel, encoder or decoder) → hidden states (B, T, H) →
+    linear `head` → (B, T, out_dim)."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, out_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, out_dim)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask → (B, T, H) last hidden states."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask → (B, T, out_dim) per-token head outputs."""
+        return self.head(self.hidden(input_ids, attention_mask))
+
+
+def _resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class HFRewardModel:
+    """Base of the three neural RMs: a backbone + linear head, a tokenizer, metadata.
+
+    Subclasses set `kind`, `out_dim` and implement `score` plus the training hooks
+    (`features`, `collate`, `compute_loss`). Construct with `from_backbone` (untrained)
+    or `load` (saved folder).
+    """
+
+    kind: ClassVar[str] = ""
+    out_dim: ClassVar[int] = 1
+
+    def __init__(self, *, network, tokenizer, metadata: RMMetadata, device: str | None = None, batch_size: int = 16):
+        self.network = network
+        self.tokenizer = tokenizer
+        self.metadata = metadata
+        self.device = _resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.network.to(self.device)
+        self.network.eval()
+        from fgrlhf_ray.rewards.inputs import InputBuilder
+
+        self.inputs = InputBuilder(
+            tokenizer=tokenizer,
+            max_length=metadata.max_length,
+            use_context=metadata.use_context,
+            context_marker=metadata.context_marker,
+            context_selection=metadata.context_selection,
+            is_decoder=metadata.is_decoder,
+        )
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def density(self) -> str:
+        return self.metadata.density
+
+    @property
+    def normalization(self) -> tuple[float, float] | None:
+        """(mean, std) of training scores for sequence RMs; None otherwise."""
+        n = self.metadata.normalization
+        return (float(n["mean"]), float(n["std"])) if n else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, task={self.metadata.task!r}, device={self.device!r})"
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | None = None,
+        *,
+        task: str,
+        name: str | None = None,
+        max_length: int = 512,
+        use_context: bool = False,
+        context_selection: str = "bm25",
+        pooling: str = "auto",
+        min_words: int = 5,
+        seed: int = 0,
+        device: str | None = None,
+        batch_size: int = 16,
+    ) -> "HFRewardModel":
+        """A fresh RM: pretrained backbone from `backbone` (default: the MiniLM package)
+        and a seeded random head."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if task not in TASKS or TASKS[task][0] != cls.kind:
+            allowed = [t for t, (k, _) in TASKS.items() if k == cls.kind]
+            raise ConfigError(f"{cls.__name__} cannot learn task {task!r}; allowed: {', '.join(allowed)}")
+        path = backbone or default_backbone_path()
+        if not Path(path).exists():
+            raise ConfigError(f"backbone folder not found: {path} (a local Hugging Face model folder is needed; no network)")
+        hf_config = AutoConfig.from_pretrained(path)
+        is_decoder = _is_decoder_config(hf_config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        model_max = getattr(hf_config, "max_position_embeddings", None)
+        if model_max and max_length > model_max:
+            raise ConfigError(f"max_length={max_length} exceeds the backbone's max_position_embeddings={model_max}")
+        backbone_model = AutoModel.from_pretrained(path)
+        torch.manual_seed(seed)
+        hidden = _hidden_size(hf_config)
+        network = RMNetwork(backbone_model, hidden, cls.out_dim)
+        with torch.no_grad():
+            network.head.weight.normal_(0.0, 0.02)
+            network.head.bias.zero_()
+        if pooling == "auto":
+            pooling = "last" if is_decoder else "mean"
+        meta = RMMetadata(
+            kind=cls.kind,
+            task=task,
+            name=name or task,
+            density=TASKS[task][1],
+            backbone=str(path),
+            is_decoder=is_decoder,
+            max_length=max_length,
+            use_context=use_context,
+            context_selection=context_selection,
+            min_words=min_words,
+            pooling=pooling if cls.kind == "sequence_preference" else None,
+            labels=["no_error", "error"] if cls.kind == "segment_classifier" else None,
+        )
+        return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | None = None, batch_size: int = 16) -> "HFRewardModel":
+        """Load a saved RM folder (see the module docstring for its layout)."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        meta = RMMetadata.read(path)
+        if meta.kind != cls.kind:
+            raise ConfigError(f"{path}: metadata kind is {meta.kind!r}, not {cls.kind!r}; use load_reward_model()")
+        head_path = Path(path) / HEAD_FILE
+        if not head_path.is_file():
+            raise ConfigError(f"{path}: {HEAD_FILE} is missing (incomplete save?)")
+        hf_config = AutoConfig.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        backbone = AutoModel.from_pretrained(str(path))
+        network = RMNetwork(backbone, _hidden_size(hf_config), cls.out_dim)
+        network.head.load_state_dict(load_file(str(head_path)))
+        return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size)
+
+    def save(self, path: str | os.PathLike, *, network=None) -> Path:
+        """Write the folder: backbone `save_pretrained`, tokenizer, head, metadata.
+
+        `network` overrides the module to save (e.g. a gathered copy under ZeRO-3).
+        """
+        from safetensors.torch import save_file
+
+        net = network if network is not None else self.network
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        net.backbone.save_pretrained(str(out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out))
+        head = {k: v.detach().to("cpu").contiguous() for k, v in net.head.state_dict().items()}
+        save_file(head, str(out / HEAD_FILE))
+        (out / METADATA_FILE).write_text(self.metadata.to_json(), encoding="utf-8")
+        return out
+
+    # ------------------------------------------------------------------- helpers
+    def _pad(self, seqs: list[list[int]]):
+        """Right-pad id lists → (input_ids (B, T), attention_mask (B, T)) on the device."""
+        width = max((len(s) for s in seqs), default=1) or 1
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Index batches of `batch_size`, longest first (less padding); order restored by callers."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def train_mode(self, flag: bool = True) -> None:
+        self.network.train(flag)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[SegmentRewards]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _is_decoder_config(cfg: Any) -> bool:
+    archs = getattr(cfg, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return True
+    return bool(getattr(cfg, "is_decoder", False)) and not getattr(cfg, "is_encoder_decoder", False)
+
+
+def _hidden_size(cfg: Any) -> int:
+    for key in ("hidden_size", "d_model", "n_embd", "dim"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int):
+            return v
+    raise ConfigError(f"cannot find the hidden size of backbone config {type(cfg).__name__}")
+
+
