@@ -54,7 +54,9 @@ class RolloutService(Protocol):
 
     def sync_weights(self, weights: Handle) -> Handle: ...
 
-    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> Handle: ...
+    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> Handle:
+        """-> list[list[float]]: each engine's logprobs of `response_ids` after `prompt_ids`."""
+        ...
 
 
 class ScorerService(Protocol):
@@ -262,7 +264,7 @@ class PPOController:
              "learner": self.learner.probe_logprobs(prompt_ids, response_ids)},
             timeout=self.config.ray.get_timeout_s,
         )
-        gap = max(abs(a - b) for a, b in zip(got["engine"], got["learner"]))
+        gap = max(abs(a - b) for engine in got["engine"] for a, b in zip(engine, got["learner"], strict=True))
         tolerance = self.config.learner.sync_probe_tolerance
         log.info("weight sync: probe max |logp_vllm - logp_learner| = %.2e", gap)
         if not gap <= tolerance:  # also catches NaN
@@ -272,6 +274,23 @@ class PPOController:
                 f"The engines are not running the learner's weights (a tied lm_head not included? dtype mismatch?)."
             )
         return {"sync/probe_gap": gap}
+
+    def evaluate(self, prompts: Sequence[str]) -> dict[str, float]:
+        """Generate once per prompt with the training sampling and report each RM's mean reward."""
+        sampling = self.config.rollout.sampling
+        rollout = self.rollout.generate(list(prompts), n=1, sampling=sampling.model_dump(), seed=self.config.seed)
+        handle = self.runtime.put(rollout)
+        verdicts, _ = self.runtime.resolve({s.name: s.score(handle, len(rollout)) for s in self.scorers},
+                                           timeout=self.config.ray.get_timeout_s)
+        metrics = {"eval/response_length": sum(map(len, rollout.response_ids)) / max(len(rollout), 1)}
+        total = 0.0
+        for spec in self.scorer_specs:
+            per_sample = [spec.weight * sum((seg.value - spec.mean) / spec.std for seg in v.segments)
+                          for v in verdicts[spec.name]]
+            metrics[f"eval/reward/{spec.name}"] = sum(per_sample) / max(len(per_sample), 1)
+            total += metrics[f"eval/reward/{spec.name}"]
+        metrics["eval/reward/total"] = total
+        return metrics
 
     # ----------------------------------------------------------------- state
 

@@ -55,7 +55,7 @@ class FakeRollout:
         return "ok"
 
     def probe_logprobs(self, prompt_ids, response_ids):
-        return [-1.0 + self.probe_shift] * len(response_ids)
+        return [[-1.0] * len(response_ids), [-1.0 + self.probe_shift] * len(response_ids)]  # two engines
 
 
 class FakeSentenceScorer:
@@ -217,3 +217,13 @@ def test_assemble_is_pure():
     before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
     assemble_experience(**args)
     assert all(torch.equal(before[k], args[k]) for k in before)
+
+
+def test_evaluate_reports_weighted_rm_means(tmp_path):
+    controller, _ = build(tmp_path, Calls())
+    metrics = controller.evaluate(["p0", "p1"])
+    # fact: (+1 −1) for "Ab. Cd." and +1 for "Xyz!" → 0.5·(0 + 1)/2 = 0.25
+    assert metrics["eval/reward/fact"] == pytest.approx(0.25)
+    # comp: 2·((7−4)/2 + (4−4)/2)/2 = 1.5
+    assert metrics["eval/reward/comp"] == pytest.approx(1.5)
+    assert metrics["eval/reward/total"] == pytest.approx(1.75)

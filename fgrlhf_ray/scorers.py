@@ -1,0 +1,53 @@
+"""Build the scorer for one configured reward model, whatever its kind.
+
+A scorer is anything with `name`, `density` and
+`score(prompts, responses) -> list[SegmentRewards]`. `build_scorer` is what a
+`ScorerActor` calls inside its own process, so reward models load where they run.
+"""
+
+from __future__ import annotations
+
+from fgrlhf_ray.config import RewardModelConfig
+from fgrlhf_ray.errors import ConfigError
+from fgrlhf_ray.types import RolloutBatch, SegmentRewards
+
+
+def build_scorer(config: RewardModelConfig):
+    """Instantiate the scorer described by `config` in this process."""
+    if config.kind in ("segment_classifier", "sequence_preference", "token_level"):
+        from fgrlhf_ray.rewards import load_reward_model
+
+        model = load_reward_model(config.path)
+        if model.kind != config.kind:
+            raise ConfigError(
+                f"reward model {config.name!r}: config says kind {config.kind!r} but {config.path} holds a "
+                f"{model.kind!r} model"
+            )
+        if model.density != config.density:
+            raise ConfigError(
+                f"reward model {config.name!r}: config says density {config.density!r} but {config.path} was "
+                f"trained for {model.density!r}"
+            )
+        return model
+    if config.kind == "function":
+        from fgrlhf_ray.rewards import FunctionScorer
+
+        return FunctionScorer(target=config.target, density=config.density, name=config.name)
+    raise ConfigError(
+        f"reward model {config.name!r}: kind {config.kind!r} scorers are not available in training yet; "
+        f"use segment_classifier, sequence_preference, token_level or function"
+    )
+
+
+def normalization_of(config: RewardModelConfig, scorer) -> tuple[float, float]:
+    """(μ, σ) applied before weighting: the config's values, else the model's stored ones, else (0, 1)."""
+    stored_mean, stored_std = getattr(scorer, "normalization", None) or (0.0, 1.0)
+    mean = config.normalize_mean if config.normalize_mean is not None else stored_mean
+    std = config.normalize_std if config.normalize_std is not None else stored_std
+    return float(mean), float(std)
+
+
+def score_rollout(scorer, rollout: RolloutBatch, *, start: int = 0, stop: int | None = None) -> list[SegmentRewards]:
+    """Score samples `[start, stop)` of a rollout (a replica's shard)."""
+    stop = len(rollout) if stop is None else stop
+    return scorer.score(rollout.prompts[start:stop], rollout.responses[start:stop])
