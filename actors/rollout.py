@@ -36,7 +36,9 @@ class RolloutActor:
         # Ray resolves a top-level ObjectRef argument before the call: `blob` is bytes.
         return self.engine.load_weights(blob)
 
-    def probe_logprobs_batch(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+    def probe_logprobs_batch(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]]
+    ) -> list[list[float]]:
         return self.engine.probe_logprobs_batch(prompt_ids, response_ids)
 
     def init_weight_broadcast(self, **kwargs: Any) -> None:
@@ -170,17 +172,23 @@ class RolloutGroup:
         prompts = list(prompts)
         prompt_ids = kwargs.pop("prompt_ids", None)
         refs = []
-        for actor, (lo, hi) in zip(self.actors, contiguous_shards(len(prompts), self.num_engines)):
+        for actor, (lo, hi) in zip(
+            self.actors, contiguous_shards(len(prompts), self.num_engines), strict=False
+        ):
             shard_kwargs = dict(kwargs, prompt_index_offset=lo)
             if prompt_ids is not None:
                 shard_kwargs["prompt_ids"] = list(prompt_ids[lo:hi])
             refs.append(actor.generate.remote(prompts[lo:hi], **shard_kwargs))
         return refs
 
-    def generate(self, prompts: Sequence[str], *, timeout_s: float | None = None, **kwargs: Any) -> RolloutBatch:
+    def generate(
+        self, prompts: Sequence[str], *, timeout_s: float | None = None, **kwargs: Any
+    ) -> RolloutBatch:
         """Sample over all engines (`VLLMRolloutEngine.generate` kwargs: n, temperature,
         top_k, top_p, max_new_tokens, seed, prompt_ids, stop_token_ids) and merge."""
-        return merge_rollouts(self._get(self.generate_refs(prompts, **kwargs), timeout_s, "generate"))
+        return merge_rollouts(
+            self._get(self.generate_refs(prompts, **kwargs), timeout_s, "generate")
+        )
 
     # ------------------------------------------------------------------ weights
     def sync_weights(
@@ -210,20 +218,35 @@ class RolloutGroup:
                 weights = serialize_state_dict(weights, tie_word_embeddings=tie_word_embeddings)
             ref = ray.put(bytes(weights))
         put_s = time.perf_counter() - start
-        counts = self._get([a.load_weights.remote(ref) for a in self.actors], timeout_s, "weight sync")
+        counts = self._get(
+            [a.load_weights.remote(ref) for a in self.actors], timeout_s, "weight sync"
+        )
         if len(set(counts)) != 1:
-            raise RuntimeError(f"RolloutGroup.sync_weights: engines loaded different tensor counts {counts}.")
-        return {"sync/total_s": time.perf_counter() - start, "sync/put_s": put_s,
-                "sync/num_tensors": float(counts[0])}
+            raise RuntimeError(
+                f"RolloutGroup.sync_weights: engines loaded different tensor counts {counts}."
+            )
+        return {
+            "sync/total_s": time.perf_counter() - start,
+            "sync/put_s": put_s,
+            "sync/num_tensors": float(counts[0]),
+        }
 
-    def init_weight_broadcast_async(self, *, host: str, port: int, backend: str = "nccl", timeout_s: float = 300.0) -> list:
+    def init_weight_broadcast_async(
+        self, *, host: str, port: int, backend: str = "nccl", timeout_s: float = 300.0
+    ) -> list:
         """Make every vLLM worker join the learner's broadcast group (learner = rank 0).
         Returns refs; the learner must call `NcclWeightBroadcaster.connect()` while they run."""
         tp = self.tensor_parallel_size
         world = 1 + self.num_engines * tp
         return [
-            a.init_weight_broadcast.remote(host=host, port=port, rank_offset=1 + i * tp,
-                                           world_size=world, backend=backend, timeout_s=timeout_s)
+            a.init_weight_broadcast.remote(
+                host=host,
+                port=port,
+                rank_offset=1 + i * tp,
+                world_size=world,
+                backend=backend,
+                timeout_s=timeout_s,
+            )
             for i, a in enumerate(self.actors)
         ]
 
@@ -236,9 +259,18 @@ class RolloutGroup:
         return [a.receive_weight_broadcast.remote(plan) for a in self.actors]
 
     # ------------------------------------------------------------------ probe
-    def probe(self, prompt_ids: Sequence[int], response_ids: Sequence[int], *, timeout_s: float | None = None) -> list[list[float]]:
+    def probe(
+        self,
+        prompt_ids: Sequence[int],
+        response_ids: Sequence[int],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[list[float]]:
         """Each engine's logprobs of one fixed sequence: (num_engines, len(response_ids))."""
-        refs = [a.probe_logprobs_batch.remote([list(prompt_ids)], [list(response_ids)]) for a in self.actors]
+        refs = [
+            a.probe_logprobs_batch.remote([list(prompt_ids)], [list(response_ids)])
+            for a in self.actors
+        ]
         return [r[0] for r in self._get(refs, timeout_s, "probe")]
 
     def check_sync(
@@ -250,7 +282,10 @@ class RolloutGroup:
         tolerance: float,
     ) -> float:
         """Max over engines of the probe gap; raises `ProbeGapError` past `tolerance`."""
-        return max(check_probe_gap(learner_logprobs, lp, tolerance) for lp in self.probe(prompt_ids, response_ids))
+        return max(
+            check_probe_gap(learner_logprobs, lp, tolerance)
+            for lp in self.probe(prompt_ids, response_ids)
+        )
 
     def stats(self) -> list[dict[str, float]]:
         return self._get([a.stats.remote() for a in self.actors], None, "stats")

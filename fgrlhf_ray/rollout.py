@@ -185,24 +185,33 @@ class VLLMRolloutEngine:
         return batch
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, blob: bytes | Mapping[str, Any]) -> int:
+    def load_weights(
+        self, blob: bytes | Mapping[str, Any], *, tie_word_embeddings: bool = False
+    ) -> int:
         """Load a full state dict in place: safetensors bytes (see `weight_sync.
         serialize_state_dict`) or a name → tensor mapping. Returns the tensor count.
 
-        A mapping is serialised here (vLLM's RPC turns raw tensors into lists); pass
-        `tie_word_embeddings`-complete dicts (`lm_head.weight` present).
+        A mapping is serialised here (vLLM's RPC turns raw tensors into lists) with
+        `tie_word_embeddings` (which adds the tied `lm_head.weight`); bytes are loaded
+        as they are.
         """
         from fgrlhf_ray.weight_sync import serialize_state_dict
 
         if not isinstance(blob, (bytes, bytearray, memoryview)):
-            blob = serialize_state_dict(blob, tie_word_embeddings=False)
+            blob = serialize_state_dict(blob, tie_word_embeddings=tie_word_embeddings)
         counts = self.llm.collective_rpc("fgrlhf_load_safetensors", args=(bytes(blob),))
         self._after_weight_update()
         return int(counts[0])
 
     def init_weight_broadcast(
-        self, *, host: str, port: int, rank_offset: int, world_size: int,
-        backend: str, timeout_s: float,
+        self,
+        *,
+        host: str,
+        port: int,
+        rank_offset: int,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
     ) -> None:
         """Join the learner's broadcast group (see `weight_sync.NcclWeightBroadcaster`).
         Each vLLM worker (TP rank r) takes group rank `rank_offset + r`. Blocks until
@@ -249,7 +258,7 @@ class VLLMRolloutEngine:
                 "responses; pass one response per prompt."
             )
         inputs, starts = [], []
-        for p, r in zip(prompt_ids, response_ids):
+        for p, r in zip(prompt_ids, response_ids, strict=True):
             if len(p) < 1 or len(r) < 1:
                 raise ValueError(
                     "probe_logprobs: prompt and response must each hold at least one token "
@@ -263,12 +272,10 @@ class VLLMRolloutEngine:
                 )
             inputs.append({"prompt_token_ids": seq})
             starts.append(len(p))
-        params = SamplingParams(
-            max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False
-        )
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         result = []
-        for out, start in zip(outputs, starts):
+        for out, start in zip(outputs, starts, strict=True):
             seq = list(out.prompt_token_ids)
             plp = out.prompt_logprobs  # position j: dict token → Logprob for seq[j]
             result.append([_logprob_of(plp[j], seq[j]) for j in range(start, len(seq))])
@@ -333,12 +340,14 @@ def _logprob_of(position: Any, token_id: int) -> float:
 
 def _sampled_logprobs(logprobs: Any, ids: list[int]) -> list[float]:
     if logprobs is None:
-        raise RuntimeError("vLLM returned no sample logprobs; SamplingParams(logprobs=0) is required.")
+        raise RuntimeError(
+            "vLLM returned no sample logprobs; SamplingParams(logprobs=0) is required."
+        )
     if len(logprobs) != len(ids):
         raise RuntimeError(
             f"vLLM returned {len(logprobs)} logprob positions for {len(ids)} sampled tokens."
         )
-    out = [_logprob_of(pos, tok) for pos, tok in zip(logprobs, ids)]
+    out = [_logprob_of(pos, tok) for pos, tok in zip(logprobs, ids, strict=True)]
     for v in out:
         if math.isnan(v):
             raise RuntimeError("vLLM returned a NaN sampled logprob; check the model weights.")

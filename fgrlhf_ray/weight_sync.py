@@ -44,8 +44,16 @@ LM_HEAD_KEY = "lm_head.weight"
 _DTYPES = {
     str(dt).removeprefix("torch."): dt
     for dt in (
-        torch.float32, torch.float16, torch.bfloat16, torch.float64,
-        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
     )
 }
 
@@ -117,7 +125,9 @@ def serialize_state_dict(
     """safetensors bytes of `prepare_state_dict(state_dict, ...)` (see there)."""
     from safetensors.torch import save
 
-    return save(prepare_state_dict(state_dict, tie_word_embeddings=tie_word_embeddings, dtype=dtype))
+    return save(
+        prepare_state_dict(state_dict, tie_word_embeddings=tie_word_embeddings, dtype=dtype)
+    )
 
 
 def deserialize_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
@@ -129,6 +139,8 @@ def deserialize_state_dict(blob: bytes) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- buckets
 _ALIGN = 16  # bytes; ≥ the item size of every dtype in _DTYPES
+
+
 @dataclass(frozen=True)
 class TensorMeta:
     """Where one tensor sits inside a flat uint8 bucket."""
@@ -188,7 +200,9 @@ def plan_buckets(metas: Sequence[TensorMeta], bucket_bytes: int) -> list[list[Te
     return buckets
 
 
-def pack_bucket(tensors: Sequence[torch.Tensor], *, device: torch.device | str | None = None) -> torch.Tensor:
+def pack_bucket(
+    tensors: Sequence[torch.Tensor], *, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Concatenate tensors' raw bytes, each zero-padded to `_ALIGN`, into one flat uint8
     tensor of shape (Σ padded_nbytes,).
 
@@ -210,7 +224,9 @@ def bucket_nbytes(metas: Sequence[TensorMeta]) -> int:
     return sum(m.padded_nbytes for m in metas)
 
 
-def unpack_bucket(buffer: torch.Tensor, metas: Sequence[TensorMeta]) -> list[tuple[str, torch.Tensor]]:
+def unpack_bucket(
+    buffer: torch.Tensor, metas: Sequence[TensorMeta]
+) -> list[tuple[str, torch.Tensor]]:
     """Split a flat uint8 `buffer` (from `pack_bucket`) back into (name, tensor) pairs
     (views into `buffer`)."""
     expected = bucket_nbytes(metas)
@@ -264,11 +280,17 @@ def stateless_process_group(
     from torch.distributed import PrefixStore, TCPStore
 
     if backend not in ("gloo", "nccl"):
-        raise ValueError(f"stateless_process_group: backend must be 'gloo' or 'nccl', got {backend!r}.")
+        raise ValueError(
+            f"stateless_process_group: backend must be 'gloo' or 'nccl', got {backend!r}."
+        )
     timeout = timedelta(seconds=timeout_s)
     store = TCPStore(
-        host_name=host, port=port, world_size=world_size, is_master=(rank == 0),
-        timeout=timeout, wait_for_workers=False,
+        host_name=host,
+        port=port,
+        world_size=world_size,
+        is_master=(rank == 0),
+        timeout=timeout,
+        wait_for_workers=False,
     )
     prefix = PrefixStore(f"fgrlhf_weight_sync/{host}:{port}", store)
     if backend == "gloo":
@@ -280,7 +302,9 @@ def stateless_process_group(
     return SyncGroup(backend=pg, store=store, rank=rank, world_size=world_size)
 
 
-def receive_buckets(group: SyncGroup, plan: Sequence[Sequence[Any]], *, device: torch.device | str, timeout_s: float) -> list[tuple[str, torch.Tensor]]:
+def receive_buckets(
+    group: SyncGroup, plan: Sequence[Sequence[Any]], *, device: torch.device | str, timeout_s: float
+) -> list[tuple[str, torch.Tensor]]:
     """Receiver side of one broadcast: for each bucket of `plan` (wire form, see
     `NcclWeightBroadcaster.plan`) receive the flat bytes from rank 0 and split them.
     Returns (name, tensor) pairs in plan order (views into the received buffers)."""
@@ -332,24 +356,36 @@ class NcclWeightBroadcaster:
         self.host, self.port, self.world_size = host, port, world_size
         self.backend, self.bucket_bytes, self.timeout_s = backend, bucket_bytes, timeout_s
         self.tie_word_embeddings, self.dtype = tie_word_embeddings, dtype
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )
         self._pg: SyncGroup | None = None
 
     def connect(self) -> None:
         self._pg = stateless_process_group(
-            host=self.host, port=self.port, rank=0, world_size=self.world_size,
-            backend=self.backend, timeout_s=self.timeout_s,
+            host=self.host,
+            port=self.port,
+            rank=0,
+            world_size=self.world_size,
+            backend=self.backend,
+            timeout_s=self.timeout_s,
         )
 
     def _tensors(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tensors = {k: v.detach() for k, v in state_dict.items()}
         if self.dtype is not None:
-            tensors = {k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+            tensors = {
+                k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in tensors.items()
+            }
         if self.tie_word_embeddings:
             tensors[LM_HEAD_KEY] = tensors[EMBED_KEY]  # sent twice: see module docstring
         return tensors
 
-    def plan(self, state_dict: Mapping[str, torch.Tensor]) -> list[list[tuple[str, str, list[int]]]]:
+    def plan(
+        self, state_dict: Mapping[str, torch.Tensor]
+    ) -> list[list[tuple[str, str, list[int]]]]:
         """The bucket plan in wire form, to hand to the engines before `broadcast`."""
         metas = [tensor_meta(k, v) for k, v in self._tensors(state_dict).items()]
         return [[m.as_wire() for m in b] for b in plan_buckets(metas, self.bucket_bytes)]
@@ -364,8 +400,11 @@ class NcclWeightBroadcaster:
             buf = pack_bucket([tensors[m.name] for m in metas], device=self.device)
             self._pg.broadcast(buf, self.timeout_s)
             nbytes += buf.numel()
-        return {"sync/broadcast_s": time.perf_counter() - start, "sync/bytes": float(nbytes),
-                "sync/buckets": float(len(plan))}
+        return {
+            "sync/broadcast_s": time.perf_counter() - start,
+            "sync/bytes": float(nbytes),
+            "sync/buckets": float(len(plan)),
+        }
 
     def close(self) -> None:
         if self._pg is not None:
@@ -389,14 +428,24 @@ class FgrlhfWorkerExtension:
         return len(state)
 
     def fgrlhf_init_broadcast_group(
-        self, host: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float
+        self,
+        host: str,
+        port: int,
+        rank_offset: int,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
     ) -> None:
         from vllm.distributed.parallel_state import get_tp_group
 
         rank = rank_offset + get_tp_group().rank_in_group
         self._fgrlhf_pg = stateless_process_group(
-            host=host, port=port, rank=rank, world_size=world_size,
-            backend=backend, timeout_s=timeout_s,
+            host=host,
+            port=port,
+            rank=rank,
+            world_size=world_size,
+            backend=backend,
+            timeout_s=timeout_s,
         )
         self._fgrlhf_backend, self._fgrlhf_timeout_s = backend, timeout_s
 

@@ -32,8 +32,15 @@ TOL = 1e-3
 
 
 def engine_kwargs(model_path) -> dict:
-    return dict(model_path=str(model_path), gpu_memory_utilization=0.15, kv_cache_space_gib=1,
-                dtype="float32", seed=0, enforce_eager=True, max_model_len=256)
+    return dict(
+        model_path=str(model_path),
+        gpu_memory_utilization=0.15,
+        kv_cache_space_gib=1,
+        dtype="float32",
+        seed=0,
+        enforce_eager=True,
+        max_model_len=256,
+    )
 
 
 class _Engines:
@@ -46,8 +53,13 @@ class _Engines:
         key = (str(model_path), num_engines)
         if key != self.key:
             self.close()
-            self.group = RolloutGroup(num_engines=num_engines, engine_kwargs=engine_kwargs(model_path),
-                                      num_cpus=1, startup_timeout_s=600, call_timeout_s=600)
+            self.group = RolloutGroup(
+                num_engines=num_engines,
+                engine_kwargs=engine_kwargs(model_path),
+                num_cpus=1,
+                startup_timeout_s=600,
+                call_timeout_s=600,
+            )
             self.key = key
         return self.group
 
@@ -88,7 +100,7 @@ def perturb_(model, *, seed: int, std: float = 0.02) -> None:
 
 
 def max_gap(a, b) -> float:
-    return max(abs(x - y) for x, y in zip(a, b))
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 PROMPTS = [
@@ -105,12 +117,20 @@ def test_generate_two_engines_shapes_logprobs_text(engines, tiny_llama_dir):
 
     group = engines.get(tiny_llama_dir, num_engines=2)
     n, max_new = 3, 24
-    batch = group.generate(PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0,
-                           max_new_tokens=max_new, seed=123)
+    batch = group.generate(
+        PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new, seed=123
+    )
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
     B = len(PROMPTS) * n
     assert len(batch) == B
-    for field in ("prompts", "prompt_ids", "response_ids", "logprobs", "prompt_index", "finish_reasons"):
+    for field in (
+        "prompts",
+        "prompt_ids",
+        "response_ids",
+        "logprobs",
+        "prompt_index",
+        "finish_reasons",
+    ):
         assert len(getattr(batch, field)) == B, field
     # Prompt-major order with global prompt indices, even though 2 engines each got a shard.
     assert batch.prompt_index == [i for i in range(len(PROMPTS)) for _ in range(n)]
@@ -129,7 +149,9 @@ def test_generate_two_engines_shapes_logprobs_text(engines, tiny_llama_dir):
     # n samples of one prompt are different draws (a 512-token vocab at temperature 1).
     assert len({tuple(batch.response_ids[b]) for b in range(n)}) > 1
     # Seeded sampling is reproducible (seed + global prompt index per prompt).
-    again = group.generate(PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new, seed=123)
+    again = group.generate(
+        PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new, seed=123
+    )
     assert again.response_ids == batch.response_ids
     # Sampled logprobs are the model's raw log-softmax (temperature-free): they must
     # match transformers on the sampled sequence.
@@ -162,7 +184,10 @@ def test_object_store_sync_matches_transformers(engines, tiny_llama_dir):
     stats = group.sync_weights(ray.put(blob))  # as a learner actor would hand it over
     assert stats["sync/num_tensors"] == len(model.state_dict())
     gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
-    print(f"\n[measure] object-store sync {stats['sync/total_s']:.3f}s, {len(blob) / 2**20:.2f} MiB, probe gap {gap:.2e}")
+    print(
+        f"\n[measure] object-store sync {stats['sync/total_s']:.3f}s, "
+        f"{len(blob) / 2**20:.2f} MiB, probe gap {gap:.2e}"
+    )
 
 
 def _free_port() -> int:
@@ -181,9 +206,17 @@ def test_bucketed_broadcast_sync_over_gloo(engines, tiny_llama_dir):
     learner = hf_logprobs(model, p_ids, r_ids)
 
     port = _free_port()
-    sender = NcclWeightBroadcaster(host="127.0.0.1", port=port, world_size=group.broadcast_world_size,
-                                   backend="gloo", bucket_bytes=256 * 1024, timeout_s=120)
-    joins = group.init_weight_broadcast_async(host="127.0.0.1", port=port, backend="gloo", timeout_s=120)
+    sender = NcclWeightBroadcaster(
+        host="127.0.0.1",
+        port=port,
+        world_size=group.broadcast_world_size,
+        backend="gloo",
+        bucket_bytes=256 * 1024,
+        timeout_s=120,
+    )
+    joins = group.init_weight_broadcast_async(
+        host="127.0.0.1", port=port, backend="gloo", timeout_s=120
+    )
     sender.connect()
     ray.get(joins, timeout=180)
     plan = sender.plan(model.state_dict())
@@ -193,7 +226,10 @@ def test_bucketed_broadcast_sync_over_gloo(engines, tiny_llama_dir):
     counts = ray.get(recv, timeout=180)
     assert counts == [len(model.state_dict())] * 2
     gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
-    print(f"\n[measure] gloo bucketed broadcast {stats['sync/broadcast_s']:.3f}s in {int(stats['sync/buckets'])} buckets, probe gap {gap:.2e}")
+    print(
+        f"\n[measure] gloo bucketed broadcast {stats['sync/broadcast_s']:.3f}s in "
+        f"{int(stats['sync/buckets'])} buckets, probe gap {gap:.2e}"
+    )
 
 
 def test_tied_embeddings_sync_and_the_missing_lm_head_trap(engines, tiny_llama_tied_dir):

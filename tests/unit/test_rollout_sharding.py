@@ -24,7 +24,9 @@ def test_contiguous_shards_cover_in_order_and_balance(n_items, n_shards):
 
 def test_merge_rollouts_concatenates_all_fields():
     def part(idx):
-        return RolloutBatch([f"p{idx}"], [[idx]], [f"r{idx}"], [[idx, 2]], [[-0.1, -0.2]], [idx], ["stop"])
+        return RolloutBatch(
+            [f"p{idx}"], [[idx]], [f"r{idx}"], [[idx, 2]], [[-0.1, -0.2]], [idx], ["stop"]
+        )
 
     merged = merge_rollouts([part(0), part(3)])
     assert merged.prompts == ["p0", "p3"] and merged.prompt_index == [0, 3]

@@ -56,7 +56,9 @@ def test_tied_state_dict_gets_separate_lm_head_copy():
     sd = _state_dict(tied=True)
     out = prepare_state_dict(sd, tie_word_embeddings=True)
     assert torch.equal(out[LM_HEAD_KEY], out[EMBED_KEY])
-    assert out[LM_HEAD_KEY].untyped_storage().data_ptr() != out[EMBED_KEY].untyped_storage().data_ptr()
+    assert (
+        out[LM_HEAD_KEY].untyped_storage().data_ptr() != out[EMBED_KEY].untyped_storage().data_ptr()
+    )
     # Input untouched: still shares storage, no keys added/removed.
     assert sd[LM_HEAD_KEY] is sd[EMBED_KEY] and len(sd) == 4
     back = deserialize_state_dict(serialize_state_dict(sd, tie_word_embeddings=True))
@@ -82,15 +84,22 @@ def test_untied_without_lm_head_and_missing_embed_are_errors():
     with pytest.raises(KeyError, match="lm_head.weight"):
         prepare_state_dict(sd, tie_word_embeddings=False)
     with pytest.raises(KeyError, match="embed_tokens"):
-        prepare_state_dict({"module." + k: v for k, v in _state_dict(False).items()}, tie_word_embeddings=False)
+        prepare_state_dict(
+            {"module." + k: v for k, v in _state_dict(False).items()}, tie_word_embeddings=False
+        )
 
 
 def test_dtype_cast_only_touches_floats_and_shared_storage_is_saved():
     sd = _state_dict(tied=False)
     base = torch.randn(8)
-    sd["x.a"], sd["x.b"] = base[:4], base[4:]  # views of one storage (safetensors rejects these raw)
+    sd["x.a"], sd["x.b"] = (
+        base[:4],
+        base[4:],
+    )  # views of one storage (safetensors rejects these raw)
     sd["x.int"] = torch.arange(3)
-    out = deserialize_state_dict(serialize_state_dict(sd, tie_word_embeddings=False, dtype=torch.bfloat16))
+    out = deserialize_state_dict(
+        serialize_state_dict(sd, tie_word_embeddings=False, dtype=torch.bfloat16)
+    )
     assert out[EMBED_KEY].dtype == torch.bfloat16 and out["x.int"].dtype == torch.int64
     assert torch.equal(out["x.b"], base[4:].bfloat16())
 
@@ -113,14 +122,19 @@ def test_plan_buckets_matches_reference_and_respects_cap():
     rng = random.Random(0)
     for _ in range(200):
         n = rng.randint(1, 12)
-        metas = [TensorMeta(f"t{i}", rng.choice(["float32", "bfloat16", "int8"]), (rng.randint(1, 40),)) for i in range(n)]
+        metas = [
+            TensorMeta(f"t{i}", rng.choice(["float32", "bfloat16", "int8"]), (rng.randint(1, 40),))
+            for i in range(n)
+        ]
         cap = rng.randint(1, 400)
         buckets = plan_buckets(metas, cap)
         assert [m for b in buckets for m in b] == metas  # order kept, each exactly once
         for b in buckets:
             assert len(b) == 1 or sum(m.padded_nbytes for m in b) <= cap
         index = {m.name: i for i, m in enumerate(metas)}
-        assert [[index[m.name] for m in b] for b in buckets] == _reference_buckets([m.padded_nbytes for m in metas], cap)
+        assert [[index[m.name] for m in b] for b in buckets] == _reference_buckets(
+            [m.padded_nbytes for m in metas], cap
+        )
     with pytest.raises(ValueError):
         plan_buckets(metas, 0)
 
@@ -128,8 +142,12 @@ def test_plan_buckets_matches_reference_and_respects_cap():
 def test_pack_unpack_mixed_dtypes_round_trip():
     from fgrlhf_ray.weight_sync import unpack_bucket
 
-    ts = {"a": torch.randn(3, 5), "b": torch.randn(7).bfloat16(), "c": torch.arange(4, dtype=torch.int32),
-          "d": torch.randn(4, 6).t()}  # non-contiguous
+    ts = {
+        "a": torch.randn(3, 5),
+        "b": torch.randn(7).bfloat16(),
+        "c": torch.arange(4, dtype=torch.int32),
+        "d": torch.randn(4, 6).t(),
+    }  # non-contiguous
     metas = [tensor_meta(k, v) for k, v in ts.items()]
     buf = pack_bucket(list(ts.values()))
     assert buf.dtype == torch.uint8 and buf.numel() == sum(m.padded_nbytes for m in metas)
@@ -153,14 +171,22 @@ def test_gloo_bucketed_broadcast_delivers_state_dict(tied):
     """The NCCL code path with the gloo backend: learner rank 0 + one receiver rank."""
     port = _free_port()
     sd = _state_dict(tied)
-    sender = NcclWeightBroadcaster(host="127.0.0.1", port=port, world_size=2, backend="gloo",
-                                   bucket_bytes=100, timeout_s=20, tie_word_embeddings=tied)
+    sender = NcclWeightBroadcaster(
+        host="127.0.0.1",
+        port=port,
+        world_size=2,
+        backend="gloo",
+        bucket_bytes=100,
+        timeout_s=20,
+        tie_word_embeddings=tied,
+    )
     plan_ready, box = threading.Event(), {}
 
     def receiver():
         try:
-            group = stateless_process_group(host="127.0.0.1", port=port, rank=1, world_size=2,
-                                            backend="gloo", timeout_s=20)
+            group = stateless_process_group(
+                host="127.0.0.1", port=port, rank=1, world_size=2, backend="gloo", timeout_s=20
+            )
             plan_ready.wait(20)
             box["got"] = receive_buckets(group, box["plan"], device="cpu", timeout_s=20)
         except Exception as e:  # surfaced by the assert below
@@ -188,8 +214,9 @@ def test_broadcast_receive_times_out_instead_of_hanging():
     groups = {}
 
     def join(rank):
-        groups[rank] = stateless_process_group(host="127.0.0.1", port=port, rank=rank, world_size=2,
-                                               backend="gloo", timeout_s=20)
+        groups[rank] = stateless_process_group(
+            host="127.0.0.1", port=port, rank=rank, world_size=2, backend="gloo", timeout_s=20
+        )
 
     threads = [threading.Thread(target=join, args=(r,)) for r in (0, 1)]
     [t.start() for t in threads]
