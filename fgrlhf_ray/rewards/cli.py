@@ -21,13 +21,9 @@ from fgrlhf_ray.errors import ConfigError, DataError
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:  # transformers' per-load progress bars and warnings drown the training log
-        import transformers
+    from fgrlhf_ray.rewards.training import quiet_transformers
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers missing is reported elsewhere
-        pass
+    quiet_transformers()
 
 
 def _require_file(path: str, what: str) -> None:

@@ -49,6 +49,17 @@ CHECKPOINTS_DIR = "checkpoints"
 SUMMARY_FILE = "train_summary.json"
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and info warnings (they drown the log)."""
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
 # ------------------------------------------------------------------------------ data
 
 
@@ -266,6 +277,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     cfg = RewardModelTrainConfig.model_validate(loop_config["config"])
     local = loop_config.get("local", False)
+    quiet_transformers()
     session: Any = _LocalSession(Path(loop_config["output_dir"]), cfg.keep_checkpoints) if local else _RaySession()
     rank, world = session.world_rank, session.world_size
     splits = loop_config["splits"]
@@ -408,6 +420,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 # ---------------------------------------------------------------------------- driver
 
 
+def pick_best(checkpoints: list[tuple[Path, dict]]) -> tuple[Path, dict]:
+    """The checkpoint with the highest dev metric; the earliest epoch among equals."""
+    return max(checkpoints, key=lambda cm: (cm[1]["dev_metric"], -cm[1]["epoch"]))
+
+
 def _copy_model_files(src: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for item in src.iterdir():
@@ -449,14 +466,11 @@ def _run_ray_train(cfg: RewardModelTrainConfig, splits: dict, output_dir: Path) 
         result = trainer.fit()
         if result.error:
             raise result.error
-        best = None
-        kept = result.best_checkpoints or []
-        for ckpt, metrics in kept:
-            if best is None or metrics["dev_metric"] > best[1]["dev_metric"]:
-                best = (ckpt, metrics)
-        if best is None:
+        kept = [(Path(ckpt.path), metrics) for ckpt, metrics in result.best_checkpoints or []]
+        if not kept:
             raise RuntimeError("Ray Train finished without any checkpoint")
-        return Path(best[0].path), best[1], [m for _, m in kept]
+        best_dir, best_metrics = pick_best(kept)
+        return best_dir, best_metrics, [m for _, m in kept]
     finally:
         if started:
             ray.shutdown()
@@ -476,14 +490,12 @@ def train_reward_model(cfg: RewardModelTrainConfig) -> dict:
                     "output_dir": str(output_dir), "local": True}
         # Run the same worker function in-process; find its checkpoints afterwards.
         train_loop_per_worker(loop_cfg)
-        best_dir, best_metrics, history = None, None, []
-        for d in sorted((output_dir / CHECKPOINTS_DIR).glob("epoch_*")):
-            m = json.loads((d / "metrics.json").read_text())
-            history.append(m)
-            if best_metrics is None or m["dev_metric"] > best_metrics["dev_metric"]:
-                best_dir, best_metrics = d, m
-        if best_dir is None:
+        kept = [(d, json.loads((d / "metrics.json").read_text()))
+                for d in (output_dir / CHECKPOINTS_DIR).glob("epoch_*")]
+        if not kept:
             raise RuntimeError("training finished without any checkpoint")
+        best_dir, best_metrics = pick_best(kept)
+        history = [m for _, m in kept]
     fit_seconds = time.time() - t_fit
     _copy_model_files(best_dir, output_dir)
     (output_dir / "metrics.json").unlink(missing_ok=True)
