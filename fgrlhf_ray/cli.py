@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "fgrlhf_ray.data.cli",  # fgrlhf data synth
     "fgrlhf_ray.sft",  # fgrlhf sft
     "fgrlhf_ray.rewards.cli",  # fgrlhf train-rm, eval-rm
+    "fgrlhf_ray.serve.cli",  # fgrlhf serve
 ]
 
 
