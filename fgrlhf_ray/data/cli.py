@@ -1,6 +1,6 @@
 """`fgrlhf data ...` commands. `register(subparsers)` adds them to the main CLI.
 
-Each handler is stored as `func` on the parsed namespace and returns an exit code.
+Each handler is stored as `handler` on the parsed namespace and returns an exit code.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     synth.add_argument("--dev-frac", type=float, default=0.1,
                        help="share of dev questions (default 0.1); test gets the rest")
     synth.add_argument("--entities-per-type", type=int, default=None,
-                       help="people/cities/rivers/companies each (default max(8, 0.3*n))")
-    synth.set_defaults(func=cmd_synth)
+                       help="people/cities/rivers/companies each (default max(8, 0.1*n))")
+    synth.set_defaults(handler=cmd_synth)
     return data
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["data"]:
         argv = ["data", *argv]
     args = parser.parse_args(argv)
-    return args.func(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -472,8 +472,9 @@ class SyntheticWorld:
     ) -> "SyntheticWorld":
         """Generate a world and `n_questions` distinct questions from `seed`.
 
-        entities_per_type: people / cities / rivers / companies each (default grows with
-            n_questions so that questions rarely share a subject: max(8, ⌈0.3·n⌉)).
+        entities_per_type: people / cities / rivers / companies each (default
+            max(8, ⌈0.1·n⌉): each entity is the subject of ~2.5 questions and its name
+            recurs in several passages).
         pair_question_prob: chance that a question asks two relations at once.
         join_prob: chance that the gold answer joins its first two facts with ", and ".
         drop_fact_prob: chance that the subject's passage leaves out one fact that is not
@@ -482,18 +483,25 @@ class SyntheticWorld:
         if n_questions < 1:
             raise ValueError(f"n_questions must be >= 1, got {n_questions}")
         rng = random.Random(f"fgrlhf-synthetic-world:{seed}")
-        n_ent = entities_per_type or max(8, math.ceil(0.3 * n_questions))
+        n_ent = entities_per_type or max(8, math.ceil(0.1 * n_questions))
         names = _NameMaker(rng)
         countries = [names.word((2, 3)) for _ in range(max(4, n_ent // 8))]
         seas = [names.word((2, 2)) + " Sea" for _ in range(max(3, n_ent // 12))]
+        # People combine a first and a last name from small pools: each part recurs, so
+        # BPE gives it one or two tokens and a small policy can learn to copy names.
+        n_part = max(6, math.ceil(2 * math.sqrt(n_ent)))
+        first_names = [names.word((2, 2)) for _ in range(n_part)]
+        last_names = [names.word((2, 2)) for _ in range(n_part)]
+        person_names = [f"{a} {b}" for a in first_names for b in last_names]
+        rng.shuffle(person_names)
         ents: dict[str, Entity] = {}
         by_type: dict[str, list[Entity]] = {t: [] for t in ENTITY_TYPES}
         for t in ENTITY_TYPES:
             for _ in range(n_ent):
                 if t == "person":
-                    name = f"{names.word((2, 2))} {names.word((2, 3))}"
+                    name = person_names.pop()
                 elif t == "city":
-                    name = names.word((2, 3))
+                    name = names.word((2, 2))
                 elif t == "river":
                     name = names.word((2, 2)) + " River"
                 else:

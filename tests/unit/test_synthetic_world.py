@@ -119,7 +119,7 @@ def test_write_dataset_schema_and_cli(tmp_path):
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["data", "synth", "--out", str(tmp_path), "--n", "40", "--seed", "5",
                               "--train-frac", "0.5", "--dev-frac", "0.25"])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     counts = {}
     for split in ("train", "dev", "test"):
         prompts = json.loads((tmp_path / f"{split}.json").read_text())
