@@ -1,0 +1,31 @@
+"""Ray shell for the frozen reference policy (`fgrlhf_ray.reference.ReferencePolicy`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+
+
+@ray.remote
+class ReferenceActor:
+    """Holds one `ReferencePolicy`; `logprobs(batch)` → (B, T) log π_ref(a_t).
+
+    Construct with the `ReferencePolicy` keyword arguments (model_path, dtype,
+    micro_batch_size, device, pad_token_id) plus optional `num_threads` (CPU threads).
+    A `RolloutBatch` ObjectRef can be passed directly: Ray resolves it.
+    """
+
+    def __init__(self, *, num_threads: int | None = None, **policy_kwargs: Any) -> None:
+        from fgrlhf_ray.reference import ReferencePolicy
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.policy = ReferencePolicy(**policy_kwargs)
+
+    def pad_token_id(self) -> int:
+        return self.policy.pad_token_id
+
+    def logprobs(self, batch: Any) -> torch.Tensor:
+        return self.policy.logprobs(batch)

@@ -1,0 +1,752 @@
+"""The PPO learner: DeepSpeed engines for the policy and the critic, in one process.
+
+`PPOLearner` is one data-parallel rank. It is a plain class (Ray wrapping lives in
+`fgrlhf_ray.actors.learner`): a single process can use it directly (tests, debugging),
+and `LearnerGroup` runs M of them as Ray actors forming one torch.distributed group.
+
+What one rank holds:
+- policy: `AutoModelForCausalLM` (optionally wrapped with PEFT LoRA) in a DeepSpeed
+  engine with ZeRO stage 0–3, optional optimizer offload to CPU, optional bf16;
+- critic: `fgrlhf_ray.critic.CriticModel` (a separate backbone + value head; a backbone
+  shared with the policy is NOT implemented — see `CriticModel`) in a second engine.
+
+Batch sizes (all counts are samples):
+- `minibatch_size` samples (over ALL ranks) per optimiser step; each rank takes
+  `minibatch_size / world_size` of them from its own shard;
+- forward/backward passes of `micro_batch_size` samples; the gradient-accumulation
+  steps are derived: `minibatch_size / world_size / micro_batch_size` (an explicit
+  `grad_accum_steps` must agree with it);
+- `ppo_epochs` passes over the rank's shard per `train_step`, reshuffled each pass.
+
+Layout of the tensors (see `fgrlhf_ray.algo.experience`): sequences (B, P+T) with the
+prompt left-padded to P and the response right-padded to T; response token t sits at
+column P + t and is predicted by the logits (and valued by the critic) at P + t − 1.
+Positions are counted over real tokens only (`position_ids_from_attention_mask`), as
+vLLM does, so learner and sampler log-probs agree on left-padded prompts. Log-probs use
+the raw logits (temperature 1), matching vLLM's `raw_logprobs`.
+
+Dropout: every forward runs with the modules in eval mode (dropout off, gradients still
+flow), so the PPO ratio is exactly 1 on the first minibatch of each step.
+
+DeepSpeed on CPU: `DS_ACCELERATOR=cpu` must be in the environment before `deepspeed`
+is imported; `PPOLearner` sets it when it is unset and no CUDA device is visible, and
+uses the gloo backend on CPU (NCCL on GPU). Facts measured with deepspeed 0.19.8 on a
+CPU-only box are listed in the README of this module's tests
+(`tests/integration/test_learner.py`).
+
+The log-prob / value helpers at the top of this module import no deepspeed, so the
+reference policy (`fgrlhf_ray.reference`) reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fgrlhf_ray.algo.experience import gather_response_logprobs, pad_rollout, position_ids_from_attention_mask
+from fgrlhf_ray.algo.losses import ppo_policy_loss, ppo_value_loss
+from fgrlhf_ray.critic import CriticModel, gather_values
+from fgrlhf_ray.types import Experience, RolloutBatch
+
+POLICY_DIR = "policy"
+CRITIC_DIR = "critic"
+DEEPSPEED_DIR = "deepspeed"
+LEARNER_STATE_FILE = "learner_state.json"
+DS_TAG = "state"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ForwardBatch:
+    """The tensors a forward pass needs (B samples, prompt length P, response length T)."""
+
+    sequences: torch.Tensor  # (B, P+T) long
+    attention_mask: torch.Tensor  # (B, P+T) long
+    action_mask: torch.Tensor  # (B, T) float
+
+    @property
+    def prompt_len(self) -> int:
+        return self.sequences.shape[1] - self.action_mask.shape[1]
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+
+def as_forward_batch(batch: Any, *, pad_token_id: int | None = None) -> ForwardBatch:
+    """Accept a `RolloutBatch` (padded here with `pad_rollout`), a `PaddedRollout`, an
+    `Experience`, or a mapping with keys sequences / attention_mask / action_mask."""
+    if isinstance(batch, ForwardBatch):
+        return batch
+    if isinstance(batch, RolloutBatch):
+        if pad_token_id is None:
+            raise ValueError("as_forward_batch: a RolloutBatch needs pad_token_id to be padded.")
+        batch = pad_rollout(batch, pad_token_id=pad_token_id)
+    get = batch.__getitem__ if isinstance(batch, Mapping) else lambda k: getattr(batch, k)
+    try:
+        seq, attn, act = get("sequences"), get("attention_mask"), get("action_mask")
+    except (KeyError, AttributeError) as e:
+        raise TypeError(
+            f"as_forward_batch: {type(batch).__name__} has no {e}; pass a RolloutBatch, PaddedRollout, "
+            "Experience or a mapping with sequences / attention_mask / action_mask tensors."
+        ) from None
+    if seq.dim() != 2 or attn.shape != seq.shape or act.dim() != 2 or act.shape[0] != seq.shape[0]:
+        raise ValueError(
+            f"as_forward_batch: shapes sequences {tuple(seq.shape)}, attention_mask {tuple(attn.shape)}, "
+            f"action_mask {tuple(act.shape)} do not fit (B, P+T), (B, P+T), (B, T)."
+        )
+    if act.shape[1] >= seq.shape[1]:
+        raise ValueError(
+            f"as_forward_batch: T={act.shape[1]} response columns leave no prompt column in sequences "
+            f"of length {seq.shape[1]}; every sample needs a prompt of at least one token."
+        )
+    return ForwardBatch(sequences=seq.long(), attention_mask=attn.long(), action_mask=act.float())
+
+
+def causal_lm_response_logprobs(
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_actions: int,
+    *,
+    return_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run a causal LM on (B, P+T) sequences; return (B, T) response log-probs (float32).
+
+    `out[b, t] = log softmax(logits[b, P+t-1])[sequences[b, P+t]]`, positions counted
+    over real tokens. With `return_logits`, also the (B, T, V) logits at the response
+    positions (for the entropy statistic), else None.
+    """
+    position_ids = position_ids_from_attention_mask(attention_mask)
+    logits = model(
+        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits  # (B, P+T, V)
+    prompt_len = sequences.shape[1] - num_actions
+    logprobs = gather_response_logprobs(logits, sequences, prompt_len)
+    resp_logits = logits[:, prompt_len - 1 : -1] if return_logits else None
+    return logprobs, resp_logits
+
+
+def micro_slices(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def default_pad_token_id(config) -> int:
+    """The pad id a model folder implies: config.pad_token_id, else EOS, else 0.
+
+    Padding is masked everywhere, so any valid id works, but the controller, learner
+    and reference must agree (they pad the same RolloutBatch independently).
+    """
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for r in rows for k in r})
+    return {k: float(sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows))) for k in keys}
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def lora_scalings(model: torch.nn.Module, adapter: str = "default") -> dict[str, float]:
+    """{module name: LoRA scaling α/r} for every PEFT LoRA layer of `model`."""
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.scaling:
+            if getattr(module, "fan_in_fan_out", False):
+                raise NotImplementedError(
+                    f"LoRA layer {name} uses fan_in_fan_out (Conv1D weights, e.g. GPT-2); merging it "
+                    "for weight sync is not implemented. Target nn.Linear modules instead."
+                )
+            out[name] = float(module.scaling[adapter])
+    return out
+
+
+def merge_lora_state_dict(
+    state_dict: Mapping[str, torch.Tensor], scalings: Mapping[str, float], adapter: str = "default"
+) -> dict[str, torch.Tensor]:
+    """A PEFT model's full state dict → the plain HF state dict of the merged model.
+
+    For each LoRA layer `m` (key prefix from `scalings`):
+        W_m = W_base + scaling_m · B_m @ A_m      (B: (out, r), A: (r, in); computed in fp32)
+    `lora_A/lora_B` keys are dropped, `.base_layer.` is removed from names and the PEFT
+    prefix `base_model.model.` is stripped. Inputs are not modified.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if ".lora_A." in key or ".lora_B." in key or ".lora_embedding_" in key or ".lora_magnitude" in key:
+            continue
+        name = key
+        if ".base_layer." in key:
+            prefix, leaf = key.split(".base_layer.", 1)
+            if leaf == "weight":
+                if prefix not in scalings:
+                    raise KeyError(f"merge_lora_state_dict: no LoRA scaling for layer {prefix!r}.")
+                a = state_dict[f"{prefix}.lora_A.{adapter}.weight"].float()
+                b = state_dict[f"{prefix}.lora_B.{adapter}.weight"].float()
+                value = (value.float() + scalings[prefix] * (b @ a)).to(value.dtype)
+            name = f"{prefix}.{leaf}"
+        out[name.removeprefix("base_model.model.")] = value
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _setup_deepspeed_env() -> None:
+    """DS_ACCELERATOR must be set before deepspeed is first imported."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    if "deepspeed" in sys.modules and os.environ.get("DS_ACCELERATOR") == "cpu":
+        from deepspeed.accelerator import get_accelerator
+
+        if get_accelerator().device_name() != "cpu":
+            raise RuntimeError(
+                "deepspeed was imported before DS_ACCELERATOR=cpu was set, so it picked the "
+                f"{get_accelerator().device_name()!r} accelerator. Set DS_ACCELERATOR=cpu in the environment "
+                "of the process (for Ray actors: runtime_env env_vars) before anything imports deepspeed."
+            )
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port that was free on this host a moment ago (for MASTER_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _init_distributed() -> None:
+    """Join (or create) the default torch.distributed group from the MASTER_*/RANK/WORLD_SIZE env.
+
+    A single process without those variables becomes a world of one on a free local port.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(
+            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(free_port("127.0.0.1"))}
+        )
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"PPOLearner: WORLD_SIZE is set but {missing} are not; set all of MASTER_ADDR, MASTER_PORT, "
+            "RANK, LOCAL_RANK, WORLD_SIZE (LearnerGroup does this for its actors)."
+        )
+    from deepspeed.accelerator import get_accelerator
+
+    backend = "gloo" if get_accelerator().device_name() == "cpu" else "nccl"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def _grad_norm(parameters) -> float:
+    norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def _copy_tokenizer(src: str, dst: Path) -> None:
+    """Save `src`'s tokenizer into `dst` so the HF folder is self-contained (vLLM needs it)."""
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(src).save_pretrained(str(dst))
+    except (OSError, ValueError):  # a model folder without a tokenizer: nothing to copy
+        pass
+
+
+# --------------------------------------------------------------------------- learner
+
+
+class PPOLearner:
+    """One data-parallel rank of the PPO learner (policy + critic DeepSpeed engines).
+
+    Keyword-only args:
+        policy_path: HF folder of the initial policy (a `*ForCausalLM`).
+        critic_path: start of the critic: a folder written by `CriticModel.save_pretrained`
+            or any HF model folder (backbone only; new zero head). None = `policy_path`.
+        zero_stage: DeepSpeed ZeRO stage 0, 1, 2 or 3 (both engines).
+        offload_optimizer: keep optimizer states on CPU (DeepSpeed ZeRO-Offload; needs
+            ZeRO stage >= 1; uses DeepSpeedCPUAdam, JIT-built on first use).
+        bf16: bfloat16 mixed precision (fp32 master weights in the optimizer).
+        lr / critic_lr / adam_eps: Adam (decoupled weight decay 0, i.e. plain Adam).
+        grad_accum_steps: None (derived, see module docstring) or the same number.
+        micro_batch_size: samples per forward/backward on this rank.
+        ppo_epochs: passes over the rank's shard per `train_step`.
+        minibatch_size: samples per optimiser step over all ranks.
+        policy_clip / value_clip / dual_clip / loss_aggregation: PPO loss settings
+            (`fgrlhf_ray.algo.losses`).
+        max_grad_norm: gradient clipping (DeepSpeed `gradient_clipping`).
+        lora: None, or a dict with r, alpha, dropout, target_modules (and optionally
+            enabled=False to disable): train PEFT LoRA adapters on the policy only.
+        seed: seeds torch and the minibatch shuffling (same on all ranks).
+        pad_token_id: pad id for padding `RolloutBatch` inputs; None = the policy
+            config's / tokenizer's pad id.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy_path: str,
+        critic_path: str | None = None,
+        zero_stage: int = 0,
+        offload_optimizer: bool = False,
+        bf16: bool = False,
+        lr: float = 1e-5,
+        critic_lr: float = 1e-5,
+        adam_eps: float = 1e-5,
+        grad_accum_steps: int | None = None,
+        micro_batch_size: int = 4,
+        ppo_epochs: int = 4,
+        minibatch_size: int = 8,
+        policy_clip: float = 0.2,
+        value_clip: float | None = 0.2,
+        dual_clip: float | None = None,
+        loss_aggregation: str = "token_mean",
+        max_grad_norm: float = 1.0,
+        lora: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        pad_token_id: int | None = None,
+    ) -> None:
+        _setup_deepspeed_env()
+        import deepspeed  # noqa: F401  (after DS_ACCELERATOR)
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        if zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"PPOLearner: zero_stage must be 0, 1, 2 or 3, got {zero_stage}.")
+        if offload_optimizer and zero_stage == 0:
+            raise ValueError(
+                "PPOLearner: offload_optimizer=True needs ZeRO stage 1, 2 or 3 (DeepSpeed offloads ZeRO "
+                "optimizer partitions); set learner.zero_stage >= 1 or offload_optimizer=False."
+            )
+        _init_distributed()
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        acc = get_accelerator()
+        self.device = torch.device("cpu") if acc.device_name() == "cpu" else torch.device(
+            acc.device_name(), acc.current_device()
+        )
+
+        if minibatch_size % self.world_size:
+            raise ValueError(
+                f"PPOLearner: minibatch_size={minibatch_size} is not divisible by the learner world size "
+                f"{self.world_size}; make ppo.minibatch_size a multiple of learner.world_size."
+            )
+        per_rank = minibatch_size // self.world_size
+        if per_rank % micro_batch_size:
+            raise ValueError(
+                f"PPOLearner: each rank's minibatch (minibatch_size / world_size = {per_rank}) is not a "
+                f"multiple of micro_batch_size={micro_batch_size}; choose micro_batch_size dividing {per_rank}."
+            )
+        derived_accum = per_rank // micro_batch_size
+        if grad_accum_steps is not None and grad_accum_steps != derived_accum:
+            raise ValueError(
+                f"PPOLearner: grad_accum_steps={grad_accum_steps} contradicts minibatch_size={minibatch_size}, "
+                f"world_size={self.world_size}, micro_batch_size={micro_batch_size} (which give "
+                f"{derived_accum} micro-batches per optimiser step); pass grad_accum_steps=None or {derived_accum}."
+            )
+        self.policy_path, self.critic_path = str(policy_path), str(critic_path or policy_path)
+        self.zero_stage, self.offload_optimizer, self.bf16 = zero_stage, offload_optimizer, bf16
+        self.micro_batch_size, self.grad_accum_steps = micro_batch_size, derived_accum
+        self.minibatch_per_rank, self.ppo_epochs = per_rank, ppo_epochs
+        self.policy_clip, self.value_clip, self.dual_clip = policy_clip, value_clip, dual_clip
+        self.loss_aggregation, self.max_grad_norm = loss_aggregation, max_grad_norm
+        self.lora = dict(lora) if lora and lora.get("enabled", True) else None
+        self.seed = seed
+        self.train_steps = 0  # completed train_step calls (for shuffling seeds and resume)
+        torch.manual_seed(seed)
+
+        from transformers import AutoModelForCausalLM
+
+        policy = AutoModelForCausalLM.from_pretrained(self.policy_path, dtype=torch.float32)
+        self.policy_config = policy.config
+        if pad_token_id is None:
+            pad_token_id = default_pad_token_id(policy.config)
+        self.pad_token_id = pad_token_id
+        self._lora_scalings: dict[str, float] = {}
+        if self.lora:
+            policy = self._wrap_lora(policy, self.lora)
+            self._lora_scalings = lora_scalings(policy)
+        critic = CriticModel.from_pretrained(self.critic_path, torch_dtype=torch.float32)
+
+        self.policy_engine = self._make_engine(policy, lr=lr, eps=adam_eps)
+        self.critic_engine = self._make_engine(critic, lr=critic_lr, eps=adam_eps)
+        for engine in (self.policy_engine, self.critic_engine):
+            engine.eval()  # dropout off; see module docstring
+
+    # ---------------------------------------------------------------- construction
+
+    @staticmethod
+    def _wrap_lora(model, lora: Mapping[str, Any]):
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=int(lora.get("r", 8)),
+            lora_alpha=float(lora.get("alpha", 16.0)),
+            lora_dropout=float(lora.get("dropout", 0.0)),
+            target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, cfg)
+
+    def _ds_config(self, num_params: int) -> dict[str, Any]:
+        zero: dict[str, Any] = {"stage": self.zero_stage}
+        if self.zero_stage in (1, 2):
+            # DeepSpeed's default buckets (5e8 elements = 2 GB in fp32) are allocated up
+            # front; a model smaller than that only needs one bucket of its own size.
+            bucket = int(min(5e8, max(1e6, num_params)))
+            zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket)
+        if self.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.device.type == "cuda"}
+        if self.zero_stage == 3:
+            # We gather weights ourselves (GatheredParameters) for sync and HF saves.
+            zero["stage3_gather_16bit_weights_on_model_save"] = False
+        return {
+            "train_micro_batch_size_per_gpu": self.micro_batch_size,
+            "gradient_accumulation_steps": self.grad_accum_steps,
+            "train_batch_size": self.micro_batch_size * self.grad_accum_steps * self.world_size,
+            "gradient_clipping": self.max_grad_norm,
+            "zero_optimization": zero,
+            "bf16": {"enabled": bool(self.bf16)},
+            "steps_per_print": 10**12,
+            "wall_clock_breakdown": False,
+            "zero_allow_untested_optimizer": True,
+        }
+
+    def _make_engine(self, module: torch.nn.Module, *, lr: float, eps: float):
+        import deepspeed
+
+        params = [p for p in module.parameters() if p.requires_grad]
+        if self.offload_optimizer:
+            # ZeRO-Offload steps the optimizer on CPU and insists on DeepSpeedCPUAdam.
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(params, lr=lr, eps=eps, betas=(0.9, 0.999), weight_decay=0.0,
+                                         adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=lr, eps=eps, betas=(0.9, 0.999), weight_decay=0.0)
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self._ds_config(sum(p.numel() for p in module.parameters())))
+        return engine
+
+    # ---------------------------------------------------------------- forward passes
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, non_blocking=True)
+
+    def _policy_logprobs(self, seq, attn, num_actions, *, return_logits=False):
+        return causal_lm_response_logprobs(self.policy_engine, seq, attn, num_actions, return_logits=return_logits)
+
+    def _critic_values(self, seq, attn, num_actions) -> torch.Tensor:
+        values = self.critic_engine(seq, attn)  # (B, P+T)
+        return gather_values(values, seq.shape[1] - num_actions, num_actions)  # (B, T)
+
+    @torch.no_grad()
+    def compute_logprobs_and_values(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π_θ(a_t) and V(s_t) for every response token, without gradients.
+
+        batch: RolloutBatch / PaddedRollout / Experience / mapping (see `as_forward_batch`).
+        Returns (logprobs (B, T) float32, values (B, T) float32) on CPU, both 0 where
+        action_mask is 0. Under ZeRO-3 every rank must call this with the same number of
+        micro-batches (LearnerGroup gives every rank an equal shard).
+        """
+        fb = as_forward_batch(batch, pad_token_id=self.pad_token_id)
+        T = fb.action_mask.shape[1]
+        out_lp, out_v = [], []
+        for sl in micro_slices(len(fb), self.micro_batch_size):
+            seq, attn = self._to_device(fb.sequences[sl]), self._to_device(fb.attention_mask[sl])
+            lp, _ = self._policy_logprobs(seq, attn, T)
+            out_lp.append(lp.float().cpu())
+            out_v.append(self._critic_values(seq, attn, T).float().cpu())
+        mask = fb.action_mask
+        return torch.cat(out_lp) * mask, torch.cat(out_v) * mask
+
+    @torch.no_grad()
+    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        """log π_θ of each token of `response_ids` after `prompt_ids` (one unpadded sequence).
+
+        The value vLLM's `probe_logprobs` must match after a weight sync. Under ZeRO-3
+        every rank must call it (the forward gathers parameters collectively).
+        """
+        if not prompt_ids or not response_ids:
+            raise ValueError("probe_logprobs: prompt_ids and response_ids must both be non-empty.")
+        seq = torch.tensor([list(prompt_ids) + list(response_ids)], dtype=torch.long)
+        lp, _ = self._policy_logprobs(
+            self._to_device(seq), self._to_device(torch.ones_like(seq)), len(response_ids)
+        )
+        return [float(x) for x in lp[0].cpu()]
+
+    # ---------------------------------------------------------------- training
+
+    def train_step(self, experience: Experience) -> dict[str, float]:
+        """`ppo_epochs` passes over this rank's shard in shuffled minibatches.
+
+        experience: an `Experience` of B samples (B a multiple of minibatch_size / world_size;
+        every rank must get the same B — each optimiser step all-reduces gradients).
+        Per micro-batch: the policy loss (`ppo_policy_loss` on log π_θ vs old_logprobs
+        with `advantages`) goes through the policy engine, the clipped value loss
+        (`ppo_value_loss` on V vs `returns`) through the critic engine; DeepSpeed
+        accumulates `grad_accum_steps` micro-batches (loss scaled by 1/accum), clips to
+        `max_grad_norm`, averages gradients over ranks and steps.
+
+        Returns the means over micro-batches of: policy_loss, value_loss, approx_kl,
+        approx_kl_k1, clip_frac, dual_clip_frac, ratio_mean, ratio_max, entropy,
+        value_clip_frac, value_mean, returns_mean, value_explained_var; the means over
+        optimiser steps of grad_norm (policy, before clipping) and critic_grad_norm; and
+        optimizer_steps, train_time_s.
+        """
+        t0 = time.perf_counter()
+        exp = experience
+        B, T = exp.action_mask.shape
+        if B == 0 or B % self.minibatch_per_rank:
+            raise ValueError(
+                f"PPOLearner.train_step: this rank got B={B} samples, not a positive multiple of its "
+                f"minibatch ({self.minibatch_per_rank} = minibatch_size / world_size). Make the rollout batch "
+                "(prompts_per_step × n_samples_per_prompt) a multiple of ppo.minibatch_size."
+            )
+        for name in ("old_logprobs", "old_values", "advantages", "returns"):
+            if getattr(exp, name).shape != (B, T):
+                raise ValueError(
+                    f"PPOLearner.train_step: experience.{name} has shape {tuple(getattr(exp, name).shape)}, "
+                    f"expected (B, T) = {(B, T)} like action_mask."
+                )
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.train_steps)
+        micro_rows: list[dict[str, float]] = []
+        step_rows: list[dict[str, float]] = []
+        steps_before = self.policy_engine.global_steps
+        for _ in range(self.ppo_epochs):
+            perm = torch.randperm(B, generator=gen)
+            for mb in micro_slices(B, self.minibatch_per_rank):
+                for micro in micro_slices(self.minibatch_per_rank, self.micro_batch_size):
+                    idx = perm[mb][micro]
+                    row, grad_norms = self._train_micro_batch(exp, idx, T)
+                    micro_rows.append(row)
+                    if grad_norms is not None:
+                        step_rows.append(grad_norms)
+        self.train_steps += 1
+        stats = _mean_stats(micro_rows)
+        stats.update(_mean_stats(step_rows))
+        stats["optimizer_steps"] = float(self.policy_engine.global_steps - steps_before)
+        stats["train_time_s"] = time.perf_counter() - t0
+        return stats
+
+    def _train_micro_batch(self, exp: Experience, idx: torch.Tensor, T: int):
+        seq = self._to_device(exp.sequences[idx].long())
+        attn = self._to_device(exp.attention_mask[idx].long())
+        mask = self._to_device(exp.action_mask[idx].float())
+        boundary = self.policy_engine.is_gradient_accumulation_boundary()
+
+        logprobs, resp_logits = self._policy_logprobs(seq, attn, T, return_logits=True)
+        p_loss, p_stats = ppo_policy_loss(
+            logprobs,
+            self._to_device(exp.old_logprobs[idx].float()),
+            self._to_device(exp.advantages[idx].float()),
+            mask,
+            clip=self.policy_clip,
+            dual_clip=self.dual_clip,
+            aggregation=self.loss_aggregation,
+            logits=resp_logits,
+        )
+        del resp_logits
+        self.policy_engine.backward(p_loss)
+        p_norm = self._step(self.policy_engine, boundary)
+
+        values = self._critic_values(seq, attn, T)
+        v_loss, v_stats = ppo_value_loss(
+            values,
+            self._to_device(exp.old_values[idx].float()),
+            self._to_device(exp.returns[idx].float()),
+            mask,
+            clip=self.value_clip,
+            aggregation=self.loss_aggregation,
+        )
+        self.critic_engine.backward(v_loss)
+        c_norm = self._step(self.critic_engine, boundary)
+        norms = {"grad_norm": p_norm, "critic_grad_norm": c_norm} if boundary else None
+        return {**p_stats, **v_stats}, norms
+
+    def _step(self, engine, boundary: bool) -> float:
+        """engine.step(); at an accumulation boundary return the pre-clipping grad norm."""
+        # ZeRO / bf16 optimizers record the global norm; stage 0 fp32 clips without
+        # keeping it, so measure it here (gradients are already all-reduced at the boundary).
+        own = _grad_norm(engine.module.parameters()) if boundary and self.zero_stage == 0 and not self.bf16 else None
+        engine.step()
+        if not boundary:
+            return math.nan
+        if own is not None:
+            return own
+        norm = engine.get_global_grad_norm()
+        return float(norm) if norm is not None else math.nan
+
+    # ---------------------------------------------------------------- weights
+
+    def _full_state_dict(self, engine) -> dict[str, torch.Tensor]:
+        """The module's full state dict as CPU tensors, on every rank.
+
+        Under ZeRO-3 every rank must call this: parameters are gathered collectively
+        (`deepspeed.zero.GatheredParameters`), one module at a time to bound memory.
+        """
+        module = engine.module
+        if self.zero_stage != 3:
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        for mod_name, mod in module.named_modules():
+            params = list(mod.parameters(recurse=False))
+            prefix = f"{mod_name}." if mod_name else ""
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                for name, p in mod.named_parameters(recurse=False):
+                    out[prefix + name] = p.detach().cpu().clone()
+            for name, b in mod.named_buffers(recurse=False):
+                if name not in mod._non_persistent_buffers_set:
+                    out[prefix + name] = b.detach().cpu().clone()
+        # A tied parameter appears once in named_parameters; state_dict names it twice.
+        for key in module.state_dict().keys():
+            if key not in out:
+                source = self._tied_source(module, key)
+                if source is not None and source in out:
+                    out[key] = out[source]
+        return out
+
+    @staticmethod
+    def _tied_source(module: torch.nn.Module, key: str) -> str | None:
+        target = dict(module.named_parameters(remove_duplicate=False)).get(key)
+        if target is None:
+            return None
+        for name, p in module.named_parameters():
+            if p is target:
+                return name
+        return None
+
+    def _policy_hf_state_dict(self) -> dict[str, torch.Tensor]:
+        sd = self._full_state_dict(self.policy_engine)
+        if self.lora:
+            sd = merge_lora_state_dict(sd, self._lora_scalings)
+        return sd
+
+    def state_dict_for_sync(self) -> dict[str, torch.Tensor]:
+        """The policy's full HF state dict (LoRA merged), CPU tensors, for weight sync.
+
+        Names are the plain `*ForCausalLM` ones (`model.layers.0...`, `lm_head.weight`);
+        a tied lm_head appears under both names (`prepare_state_dict` checks that).
+        Every rank returns it (under ZeRO-3 every rank must call this).
+        """
+        return self._policy_hf_state_dict()
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return bool(getattr(self.policy_config, "tie_word_embeddings", False))
+
+    def serialized_weights_for_sync(self, dtype: torch.dtype | None = None) -> bytes:
+        """safetensors bytes of `state_dict_for_sync()` (what `RolloutGroup.sync_weights` loads)."""
+        from fgrlhf_ray.weight_sync import serialize_state_dict
+
+        return serialize_state_dict(self.state_dict_for_sync(), tie_word_embeddings=self.tie_word_embeddings,
+                                    dtype=dtype)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, directory: str | os.PathLike) -> str:
+        """Write `directory/policy` (HF, LoRA merged, with tokenizer), `directory/critic`
+        (`CriticModel.save_pretrained`), `directory/deepspeed/{policy,critic}` (DeepSpeed
+        engine + optimizer states, one file set per rank) and `learner_state.json`.
+
+        Every rank must call it; with several nodes `directory` must be on a filesystem
+        all ranks share. Returns `directory`.
+        """
+        import torch.distributed as dist
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        policy_sd = self._policy_hf_state_dict()
+        critic_sd = self._full_state_dict(self.critic_engine)
+        if self.rank == 0:
+            self._save_hf_policy(out / POLICY_DIR, policy_sd)
+            self.critic_engine.module.save_pretrained(out / CRITIC_DIR, state_dict=critic_sd)
+            (out / LEARNER_STATE_FILE).write_text(
+                json.dumps({"train_steps": self.train_steps, "world_size": self.world_size,
+                            "zero_stage": self.zero_stage, "lora": self.lora}, indent=2)
+            )
+        del policy_sd, critic_sd
+        client = {"train_steps": self.train_steps}
+        self.policy_engine.save_checkpoint(str(out / DEEPSPEED_DIR / POLICY_DIR), tag=DS_TAG, client_state=client)
+        self.critic_engine.save_checkpoint(str(out / DEEPSPEED_DIR / CRITIC_DIR), tag=DS_TAG, client_state=client)
+        dist.barrier()
+        return str(out)
+
+    def _save_hf_policy(self, out: Path, state_dict: dict[str, torch.Tensor]) -> None:
+        from transformers import AutoModelForCausalLM
+
+        out.mkdir(parents=True, exist_ok=True)
+        # A fresh CPU model of the same config (on the meta device: no memory) is saved
+        # with the gathered weights, so ZeRO-3 placeholders and PEFT wrappers never reach
+        # transformers' save logic.
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self.policy_config)
+        model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
+        _copy_tokenizer(self.policy_path, out)
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Restore both engines (weights + optimizer states) from `save_checkpoint`'s folder.
+
+        The learner must have been built with the same ZeRO stage, world size and LoRA
+        setting (DeepSpeed's partitioned optimizer states depend on them).
+        """
+        d = Path(directory)
+        meta_file = d / LEARNER_STATE_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"PPOLearner.load_checkpoint: {meta_file} not found; pass a folder written by save_checkpoint."
+            )
+        meta = json.loads(meta_file.read_text())
+        if (meta["world_size"], meta["zero_stage"], bool(meta.get("lora"))) != (
+            self.world_size, self.zero_stage, bool(self.lora)
+        ):
+            raise ValueError(
+                f"PPOLearner.load_checkpoint: {d} was saved with world_size={meta['world_size']}, "
+                f"zero_stage={meta['zero_stage']}, lora={bool(meta.get('lora'))}; this learner has "
+                f"world_size={self.world_size}, zero_stage={self.zero_stage}, lora={bool(self.lora)}. "
+                f"Restart with the saved settings, or start a new run from the HF folder {d / POLICY_DIR}."
+            )
+        for engine, name in ((self.policy_engine, POLICY_DIR), (self.critic_engine, CRITIC_DIR)):
+            path, client = engine.load_checkpoint(
+                str(d / DEEPSPEED_DIR / name), tag=DS_TAG, load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )
+            if path is None:
+                raise FileNotFoundError(
+                    f"PPOLearner.load_checkpoint: DeepSpeed found no checkpoint under {d / DEEPSPEED_DIR / name}."
+                )
+        self.train_steps = int(client.get("train_steps", meta["train_steps"]))
+        for engine in (self.policy_engine, self.critic_engine):
+            engine.eval()
+
+    def info(self) -> dict[str, Any]:
+        """Small facts the Ray group needs (pad id, tied embeddings, batch geometry)."""
+        return {"rank": self.rank, "world_size": self.world_size, "pad_token_id": self.pad_token_id,
+                "tie_word_embeddings": self.tie_word_embeddings, "micro_batch_size": self.micro_batch_size,
+                "grad_accum_steps": self.grad_accum_steps, "minibatch_per_rank": self.minibatch_per_rank,
+                "zero_stage": self.zero_stage, "device": str(self.device)}
