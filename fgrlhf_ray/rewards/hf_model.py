@@ -134,7 +134,7 @@ class HFRewardModel:
         model_max = getattr(hf_config, "max_position_embeddings", None)
         if model_max and max_length > model_max:
             raise ConfigError(f"max_length={max_length} exceeds the backbone's max_position_embeddings={model_max}")
-        backbone_model = AutoModel.from_pretrained(path)
+        backbone_model = _drop_pooler(AutoModel.from_pretrained(path))
         torch.manual_seed(seed)
         hidden = _hidden_size(hf_config)
         network = RMNetwork(backbone_model, hidden, cls.out_dim)
@@ -175,7 +175,7 @@ class HFRewardModel:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        backbone = AutoModel.from_pretrained(str(path))
+        backbone = _drop_pooler(AutoModel.from_pretrained(str(path)))
         network = RMNetwork(backbone, _hidden_size(hf_config), cls.out_dim)
         network.head.load_state_dict(load_file(str(head_path)))
         return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size)
@@ -221,11 +221,31 @@ class HFRewardModel:
         raise NotImplementedError
 
 
+def _drop_pooler(backbone: nn.Module) -> nn.Module:
+    """Remove a BERT-style pooler: the RMs read token states only, and an unused
+    parameter would break DDP's gradient reduction (and waste a save)."""
+    if isinstance(getattr(backbone, "pooler", None), nn.Module):
+        backbone.pooler = None
+    return backbone
+
+
 def _is_decoder_config(cfg: Any) -> bool:
+    """Causal-LM backbone? By its architectures, else by its model type: a type that has a
+    causal-LM head but no masked-LM head (Llama, GPT-2 … — not BERT, which has both)."""
     archs = getattr(cfg, "architectures", None) or []
     if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         return True
-    return bool(getattr(cfg, "is_decoder", False)) and not getattr(cfg, "is_encoder_decoder", False)
+    if getattr(cfg, "is_encoder_decoder", False):
+        return False
+    if getattr(cfg, "is_decoder", False):
+        return True
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    mt = getattr(cfg, "model_type", "")
+    return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def _hidden_size(cfg: Any) -> int:

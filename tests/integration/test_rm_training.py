@@ -111,6 +111,22 @@ def test_ray_train_torchtrainer_one_cpu_worker(tmp_path, bert, data):
     assert rm.score(["question: q"], ["It is fine. It was bad."])[0].segments
 
 
+@pytest.mark.parametrize("strategy, stage", [("ddp", 0), ("deepspeed", 3)])
+def test_ray_train_two_cpu_workers_ddp_and_deepspeed(tmp_path, bert, data, strategy, stage, monkeypatch):
+    from fgrlhf_ray.rewards.evaluation import evaluate
+    from fgrlhf_ray.rewards.training import prepare_splits
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    cfg = config("holistic", data["holistic"], bert, tmp_path / strategy, use_ray_train=True, num_workers=2,
+                 cpus_per_worker=1, epochs=2, strategy=strategy, zero_stage=stage)
+    summary = train_reward_model(cfg)
+    assert summary["strategy"] == strategy and summary["num_workers"] == 2
+    # The saved weights are the trained ones (under ZeRO-3 they had to be gathered first).
+    rm = load_reward_model(tmp_path / strategy)
+    splits, _ = prepare_splits(cfg)
+    assert evaluate(rm, splits["dev"], seed=cfg.seed)["accuracy"] == pytest.approx(summary["best_dev_metric"])
+
+
 def test_cli_train_then_eval_on_test_split(tmp_path, bert, data, capsys):
     cfg = tmp_path / "rm.yaml"
     cfg.write_text(
