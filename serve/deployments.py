@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -75,6 +75,33 @@ def chunked(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def score_chunks(score: Callable[[list], list], chunks: list[list]) -> list:
+    """Score every chunk of a merged batch with one `score(items)` call; per chunk, its
+    verdicts or a `_ChunkFailure`.
+
+    If the merged call raises, each chunk is re-scored alone, so one request's bad item
+    fails only that request, not the other requests batched with it.
+    """
+    flat = [item for chunk in chunks for item in chunk]
+    try:
+        verdicts = score(flat)
+    except Exception as exc:  # noqa: BLE001 — any model error must fail only its own callers
+        if len(chunks) == 1:
+            return [_ChunkFailure(f"{type(exc).__name__}: {exc}")]
+        out = []
+        for chunk in chunks:
+            try:
+                out.append(score(chunk))
+            except Exception as inner:  # noqa: BLE001
+                out.append(_ChunkFailure(f"{type(inner).__name__}: {inner}"))
+        return out
+    out, k = [], 0
+    for chunk in chunks:
+        out.append(verdicts[k : k + len(chunk)])
+        k += len(chunk)
+    return out
+
+
 @serve.deployment
 class RewardModelDeployment:
     """One reward model in a Serve replica (built exactly as training builds it)."""
@@ -87,6 +114,7 @@ class RewardModelDeployment:
         self._score_batched.set_max_batch_size(opts.max_batch_size)
         self._score_batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
         self._needs_probe = False
+        self.stats = {"batches": 0, "items": 0, "max_batch_items": 0, "failed_chunks": 0}
         self._pid = os.getpid()
         try:
             self._replica_id = str(serve.get_replica_context().replica_id)
@@ -111,6 +139,7 @@ class RewardModelDeployment:
                          else {"num_replicas": self.config.num_replicas}),
             "replica_id": self._replica_id,
             "pid": self._pid,
+            "stats": dict(self.stats),
         }
 
     def ping(self) -> str:
@@ -137,31 +166,19 @@ class RewardModelDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=_count_items)
     async def _score_batched(self, chunks: list[list[tuple[str, str]]]) -> list:
-        flat = [item for chunk in chunks for item in chunk]
-        try:
-            # A worker thread keeps the replica's event loop free for health checks and queueing.
-            verdicts = await asyncio.to_thread(self._score_now, flat)
-        except Exception as exc:  # noqa: BLE001 — any model error must fail only its own callers
-            if len(chunks) == 1:
-                return [self._failure(exc, len(flat))]
-            # Re-score chunk by chunk so one request's poison does not fail its batch-mates.
-            out = []
-            for chunk in chunks:
-                try:
-                    out.append(await asyncio.to_thread(self._score_now, chunk))
-                except Exception as inner:  # noqa: BLE001
-                    out.append(self._failure(inner, len(chunk)))
-            return out
-        out, k = [], 0
-        for chunk in chunks:
-            out.append(verdicts[k : k + len(chunk)])
-            k += len(chunk)
-        return out
-
-    def _failure(self, exc: BaseException, n: int) -> _ChunkFailure:
-        self._needs_probe = True
-        logger.warning("reward model %r failed on %d items: %r", self.config.name, n, exc)
-        return _ChunkFailure(f"reward model {self.config.name!r} failed: {type(exc).__name__}: {exc}")
+        # A worker thread keeps the replica's event loop free for health checks and queueing.
+        results = await asyncio.to_thread(score_chunks, self._score_now, chunks)
+        failures = [r for r in results if isinstance(r, _ChunkFailure)]
+        self.stats["batches"] += 1
+        self.stats["items"] += _count_items(chunks)
+        self.stats["max_batch_items"] = max(self.stats["max_batch_items"], _count_items(chunks))
+        if failures:
+            self.stats["failed_chunks"] += len(failures)
+            self._needs_probe = True
+            for failure in failures:
+                logger.warning("reward model %r failed on a chunk: %s", self.config.name, failure.message)
+        return [_ChunkFailure(f"reward model {self.config.name!r} failed: {r.message}")
+                if isinstance(r, _ChunkFailure) else r for r in results]
 
     async def check_health(self) -> None:
         """Serve calls this every `health_check_period_s`. After a scoring failure, score a
@@ -389,4 +406,5 @@ class ScoreIngress:
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - defensive
     logger.exception("unexpected error in %s %s", request.method, request.url.path)
-    return JSONResponse(status_code=500, content=ErrorResponse(error="internal_error", reason=repr(exc)).model_dump())
+    body = ErrorResponse(error="internal_error", reason="internal server error; the ingress replica's log has the traceback")
+    return JSONResponse(status_code=500, content=body.model_dump())

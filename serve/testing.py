@@ -31,3 +31,33 @@ def faulty_reward(prompts: Sequence[str], responses: Sequence[str]) -> list[floa
     if any(r == FAIL for r in responses):
         raise ValueError("a test request asked this call to fail")
     return [len(r) / 100.0 for r in responses]
+
+
+def build_tiny_reward_models(out_dir, *, head_std: float = 0.3, seed: int = 0, head_seed: int = 3) -> dict[str, str]:
+    """Save tiny random reward models (one per neural kind) under `out_dir`, for tests and
+    benchmarks: `relevance` (segment classifier, sub-sentence), `completeness` (sequence
+    preference with stored normalisation μ = 0.25, σ = 2.0) and `token_level`. Their heads
+    are re-drawn with std `head_std` from `head_seed` (3 gives a mix of error / no-error labels
+    with the default backbone) so that labels and scores vary. Returns name → folder.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from fgrlhf_ray.rewards.segment_classifier import SegmentClassifierRM
+    from fgrlhf_ray.rewards.sequence_preference import SequencePreferenceRM
+    from fgrlhf_ray.rewards.tiny import build_tiny_bert
+    from fgrlhf_ray.rewards.token_level import TokenLevelRM
+
+    out = Path(out_dir)
+    backbone = build_tiny_bert(out / "backbone", seed=seed)
+    paths = {}
+    for cls, task in ((SegmentClassifierRM, "relevance"), (SequencePreferenceRM, "completeness"),
+                      (TokenLevelRM, "token_level")):
+        rm = cls.from_backbone(str(backbone), task=task, max_length=256, seed=seed)
+        with torch.no_grad():
+            rm.network.head.weight.normal_(0.0, head_std, generator=torch.Generator().manual_seed(head_seed))
+        if task == "completeness":
+            rm.metadata.normalization = {"mean": 0.25, "std": 2.0}
+        paths[task] = str(rm.save(out / task))
+    return paths
