@@ -323,6 +323,54 @@ def factuality_examples(
     return out
 
 
+def transfer_segment_labels(
+    examples: list[SegmentExample],
+    records: list[QAFeedbackRecord],
+    *,
+    density: str,
+    min_words: int = 5,
+    stats: dict | None = None,
+) -> list[SegmentExample]:
+    """Extra training examples from the unlabelled predictions 2..4 (augmentation).
+
+    The four predictions of a question share much of their text. A segment of
+    prediction k whose text (whitespace-normalised, case-folded) equals a labelled
+    segment of the same question's prediction 1 gets that label; other segments are
+    kept in the input with label None (not trained on). Predictions without any
+    transferred label are skipped. Use on training questions only: evaluation stays on
+    prediction 1's human labels.
+    """
+    split = segment_splitter(density, min_words=min_words)
+    by_row = {ex.meta.get("row"): ex for ex in examples}
+    out, counts = [], Counter()
+
+    def norm(t: str) -> str:
+        return " ".join(t.lower().split())
+
+    for rec in records:
+        ex = by_row.get(rec.row)
+        if ex is None:
+            continue
+        known = {norm(ex.response[a:b]): lab for (a, b), lab in zip(ex.spans, ex.labels) if lab is not None}
+        for k, pred in enumerate(rec.predictions[1:], start=2):
+            if pred.strip() == ex.response.strip():
+                counts["skipped_same_as_prediction_1"] += 1
+                continue
+            spans = split(pred)
+            labels = [known.get(norm(pred[a:b])) for a, b in spans]
+            n = sum(lab is not None for lab in labels)
+            if n == 0:
+                counts["skipped_no_match"] += 1
+                continue
+            out.append(SegmentExample(rec.prompt, pred, spans, labels, group=rec.question,
+                                      meta={"row": rec.row, "prediction": k, "transferred": True}))
+            counts["examples"] += 1
+            counts["segments_labelled"] += n
+            counts["segments_unlabelled"] += len(labels) - n
+    _report(stats, f"{density} label transfer", counts)
+    return out
+
+
 _WORD = re.compile(r"\w+")
 
 

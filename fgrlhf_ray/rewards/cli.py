@@ -106,6 +106,12 @@ def eval_rm(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model}: cannot load the reward model ({exc})") from None
     res = evaluate(rm, examples, seed=args.seed)
     res.update(split=args.split, data=str(args.data), model=str(args.model))
+    t = meta.training
+    if t:
+        res["model_training"] = {k: t.get(k) for k in ("fit_seconds", "total_seconds", "best_epoch", "best_dev_metric",
+                                                        "dev_metric_name", "use_ray_train", "strategy", "num_workers")}
+        res["model_training"]["train_examples"] = (t.get("split") or {}).get("counts", {}).get("train")
+        res["model_training"]["config"] = t.get("config")
     print(format_report(res))
     out = Path(args.output) if args.output else Path(args.model) / f"eval_{Path(args.data).stem}_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

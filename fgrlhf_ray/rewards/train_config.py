@@ -52,6 +52,11 @@ class RMDataConfig(StrictModel):
     """QA-FEEDBACK factuality: do not train on sentences that carry only relevance errors
     (paper A's annotation restriction); false labels them no-error."""
 
+    transfer_labels: bool = False
+    """QA-FEEDBACK relevance / factuality, training questions only: also train on
+    predictions 2-4, whose segments identical to a labelled segment of prediction 1
+    inherit its label (others are not trained on). Evaluation stays on prediction 1."""
+
     min_containment: float = Field(0.8, gt=0, le=1)
     """QA-FEEDBACK completeness: word containment needed to ground a sub-sentence in a passage sentence."""
 

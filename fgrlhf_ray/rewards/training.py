@@ -129,6 +129,16 @@ def prepare_splits(cfg: RewardModelTrainConfig) -> tuple[dict[str, list], dict]:
     splits: dict[str, list] = {"train": [], "dev": [], "test": []}
     for ex in examples:
         splits[assign[ex.group]].append(ex)
+    if d.transfer_labels:
+        if cfg.task not in ("relevance", "factuality") or detect_format(d.train_path, d.format) != "qa_feedback":
+            raise ConfigError("data.transfer_labels applies to relevance / factuality on QA-FEEDBACK files only")
+        from fgrlhf_ray.data.qa_feedback import load_qa_feedback, transfer_segment_labels
+
+        train_records = [r for r in load_qa_feedback(d.train_path) if assign[r.question] == "train"]
+        stats["transfer"] = {}
+        extra = transfer_segment_labels(splits["train"], train_records, density=TASKS[cfg.task][1],
+                                        min_words=cfg.sub_sentence_min_words, stats=stats["transfer"])
+        splits["train"] += extra
     if d.dev_path:
         splits["dev"], _, _ = load_examples(cfg.task, d.dev_path, fmt=d.format, data=d, min_words=cfg.sub_sentence_min_words)
     if d.max_train_examples:

@@ -260,3 +260,21 @@ def test_real_qa_feedback_counts():
     total = fact_stats["segments_error"] + fact_stats["segments_no_error"]
     assert 0.12 < fact_stats["segments_error"] / total < 0.22  # ~17% error sentences
     assert len(fact) == 400
+
+
+def test_label_transfer_to_other_predictions(tmp_path):
+    text = "Cornwallis led the British. Mawhood was in Princeton. It was cold that winter."
+    preds = [
+        text,
+        "Mawhood was in Princeton. The battle was short.",  # one matching sentence
+        "Nothing here matches at all.",  # no match: skipped
+        text,  # identical to prediction 1: skipped (adds nothing)
+    ]
+    rows = [row(text, preds=preds, errors=[err("Wrong-Grounding", text, "Mawhood was in Princeton.")])]
+    recs = qf.load_qa_feedback(write(tmp_path, rows))
+    base = qf.factuality_examples(recs)
+    stats: dict = {}
+    [extra] = qf.transfer_segment_labels(base, recs, density="sentence", stats=stats)
+    assert extra.response == preds[1] and extra.labels == [1, None]
+    assert extra.group == base[0].group and extra.meta["prediction"] == 2
+    assert stats["skipped_no_match"] == 1 and stats["skipped_same_as_prediction_1"] == 1
