@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -66,10 +67,16 @@ def run_serve(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping: deleting the Serve application", file=sys.stderr)
+        print(f"stopping: deleting Serve application {config.app_name!r}", file=sys.stderr)
     finally:
-        serve.delete(config.app_name)
-        if started_ray:
-            serve.shutdown()
-            ray.shutdown()
+        # Finish the clean-up even if Ctrl-C is pressed again.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if started_ray:  # our own local cluster: tearing it down removes everything
+                serve.shutdown()
+                ray.shutdown()
+            else:  # a shared cluster: remove only this application
+                serve.delete(config.app_name)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     return 0
