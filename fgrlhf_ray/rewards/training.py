@@ -442,6 +442,14 @@ def _copy_model_files(src: Path, dest: Path) -> None:
             shutil.copy2(item, dest / item.name)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run_ray_train(cfg: RewardModelTrainConfig, splits: dict, output_dir: Path) -> tuple[Path, dict, list[dict]]:
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -453,8 +461,15 @@ def _run_ray_train(cfg: RewardModelTrainConfig, splits: dict, output_dir: Path) 
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
+            # Ray Train's PlacementGroupCleaner asks the State API whether the controller
+            # is alive, finding the API server by auto-detection. With several local Ray
+            # clusters on one machine it can ask the wrong one, hear "no such actor" and
+            # remove our placement group mid-training. Point it at our own dashboard.
+            port = _free_port()
             ray.init(num_cpus=max(cfg.num_workers * cfg.cpus_per_worker, os.cpu_count() or 1),
-                     include_dashboard=False, log_to_driver=True)
+                     include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                     runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+                     log_to_driver=True)
         started = True
     try:
         splits_ref = ray.put({"train": splits["train"], "dev": splits["dev"]})
