@@ -94,6 +94,12 @@ def _mean_stats_task(*rows: Mapping[str, float]) -> dict[str, float]:
     return mean_stats(rows)
 
 
+@ray.remote(num_cpus=0)
+def _first(*values: Any) -> Any:
+    """Resolves when all `values` are ready; returns the first (rank 0's)."""
+    return values[0]
+
+
 # --------------------------------------------------------------------------- actor
 
 
@@ -131,6 +137,10 @@ class LearnerActor:
     def train_step(self, experience: Experience) -> dict[str, float]:
         return self.learner.train_step(experience)
 
+    def broadcast_address(self) -> tuple[str, int]:
+        """(node IP, free port) of this rank: where rank 0 hosts the weight-broadcast store."""
+        return self.pick_master_port()
+
     def state_dict_for_sync(self) -> dict[str, torch.Tensor] | None:
         # ZeRO-3 gathers collectively, so all ranks work; otherwise only rank 0 does.
         if self.rank != 0 and self.learner.zero_stage != 3:
@@ -149,6 +159,40 @@ class LearnerActor:
 
     def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         return self.learner.probe_logprobs(prompt_ids, response_ids)
+
+    # Bucketed broadcast to the vLLM workers ("nccl" weight sync; gloo on CPU). Rank 0
+    # owns the `NcclWeightBroadcaster`; under ZeRO-3 every rank takes part in the gather.
+    def init_weight_broadcast(self, *, host: str, port: int, world_size: int, backend: str = "nccl",
+                              bucket_bytes: int = 256 * 1024**2, timeout_s: float = 300.0,
+                              dtype: str | None = None) -> None:
+        if self.rank != 0:
+            return
+        from fgrlhf_ray.weight_sync import NcclWeightBroadcaster
+
+        self._broadcaster = NcclWeightBroadcaster(
+            host=host, port=port, world_size=world_size, backend=backend, bucket_bytes=bucket_bytes,
+            timeout_s=timeout_s, tie_word_embeddings=self.learner.tie_word_embeddings,
+            dtype=_DTYPES[dtype] if dtype else None,
+        )
+        self._broadcaster.connect()
+
+    def prepare_weight_broadcast(self) -> list | None:
+        sd = self.state_dict_for_sync()
+        if self.rank != 0:
+            return None
+        self._pending_weights = sd
+        return self._broadcaster.plan(sd)
+
+    def broadcast_weights(self, plan: list) -> dict[str, float] | None:
+        if self.rank != 0:
+            return None
+        sd, self._pending_weights = self._pending_weights, None
+        return self._broadcaster.broadcast(sd, plan)
+
+    def close_weight_broadcast(self) -> None:
+        if self.rank == 0 and getattr(self, "_broadcaster", None) is not None:
+            self._broadcaster.close()
+            self._broadcaster = None
 
     def save_checkpoint(self, directory: str) -> str:
         return self.learner.save_checkpoint(directory)
@@ -301,7 +345,40 @@ class LearnerGroup:
         refs = [a.probe_logprobs.remote(list(prompt_ids), list(response_ids)) for a in self.actors]
         return ray.get(refs, timeout=timeout_s)[0]
 
+    def weight_broadcast_address(self) -> tuple[str, int]:
+        """(host, port) for the weight-broadcast group: rank 0's node and a free port there."""
+        return ray.get(self.actors[0].broadcast_address.remote())
+
+    def init_weight_broadcast_async(self, *, host: str, port: int, world_size: int, backend: str = "nccl",
+                                    bucket_bytes: int = 256 * 1024**2, timeout_s: float = 300.0,
+                                    dtype: str | None = None) -> ray.ObjectRef:
+        """Rank 0 joins the broadcast group as its rank 0 (with `RolloutGroup.init_weight_broadcast_async`
+        started at the same time: the rendezvous needs both). Returns rank 0's ObjectRef."""
+        return self.actors[0].init_weight_broadcast.remote(
+            host=host, port=port, world_size=world_size, backend=backend, bucket_bytes=bucket_bytes,
+            timeout_s=timeout_s, dtype=dtype,
+        )
+
+    def prepare_weight_broadcast(self, *, timeout_s: float | None = None) -> list:
+        """Gather the weights (all ranks under ZeRO-3); rank 0 keeps them and returns the bucket plan.
+
+        Then: `refs = rollout.receive_weight_broadcast_async(plan)`,
+        `ray.get([learner.broadcast_weights_async(plan), *refs])`.
+        """
+        return ray.get([a.prepare_weight_broadcast.remote() for a in self.actors], timeout=timeout_s)[0]
+
+    def broadcast_weights_async(self, plan: list) -> ray.ObjectRef:
+        return self.actors[0].broadcast_weights.remote(plan)
+
+    def close_weight_broadcast(self) -> None:
+        ray.get(self.actors[0].close_weight_broadcast.remote())
+
     # ---------------------------------------------------------------- checkpoints
+
+    def save_checkpoint_async(self, directory: str) -> ray.ObjectRef:
+        """ObjectRef that resolves (to `directory`) once every rank has saved."""
+        refs = [a.save_checkpoint.remote(str(directory)) for a in self.actors]
+        return _first.remote(*refs)
 
     def save_checkpoint(self, directory: str, *, timeout_s: float | None = None) -> str:
         return ray.get([a.save_checkpoint.remote(str(directory)) for a in self.actors], timeout=timeout_s)[0]

@@ -30,9 +30,13 @@ flow), so the PPO ratio is exactly 1 on the first minibatch of each step.
 
 DeepSpeed on CPU: `DS_ACCELERATOR=cpu` must be in the environment before `deepspeed`
 is imported; `PPOLearner` sets it when it is unset and no CUDA device is visible, and
-uses the gloo backend on CPU (NCCL on GPU). Facts measured with deepspeed 0.19.8 on a
-CPU-only box are listed in the README of this module's tests
-(`tests/integration/test_learner.py`).
+uses the gloo backend on CPU (NCCL on GPU). Measured with deepspeed 0.19.8, torch
+2.13 (CPU), 2 cores: ZeRO 0, 2 and 3 train with torch's AdamW as client optimizer;
+optimizer offload (stages 2 and 3) works with `DeepSpeedCPUAdam`, JIT-compiled into
+~/.cache/torch_extensions on first use (seconds; needs a C++ compiler). A tiny Llama
+(2 layers, hidden 128), B=16, P=16, T=64, 4 PPO epochs, minibatch 8, micro-batch 4,
+one rank: train_step 0.40 s (ZeRO-0), 0.50 s (ZeRO-2), 1.1 s (ZeRO-3), 0.44 / 1.2 s
+with offload. NCCL / GPU paths are not exercised there.
 
 The log-prob / value helpers at the top of this module import no deepspeed, so the
 reference policy (`fgrlhf_ray.reference`) reuses them.
