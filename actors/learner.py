@@ -29,7 +29,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from fgrlhf_ray.learner import ForwardBatch, as_forward_batch, free_port
+from fgrlhf_ray.learner import ForwardBatch, as_forward_batch, free_port, mean_stats
 from fgrlhf_ray.types import Experience, RolloutBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,12 +81,6 @@ def shard_batch(batch: Any, num_shards: int, pad_token_id: int):
 def concat_logprobs_and_values(*parts: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-rank (logprobs (b, T), values (b, T)) → (B, T), (B, T) in rank order."""
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def mean_stats(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Average per-rank stats dicts key by key (grad norms are already global)."""
-    keys = sorted({k for r in rows for k in r})
-    return {k: float(sum(r[k] for r in rows if k in r) / sum(k in r for r in rows)) for k in keys}
 
 
 @ray.remote(num_cpus=0)

@@ -161,9 +161,10 @@ def default_pad_token_id(config) -> int:
     return 0
 
 
-def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
+def mean_stats(rows) -> dict[str, float]:
+    """Average a list of stats dicts key by key (a key counts only where it is present)."""
     keys = sorted({k for r in rows for k in r})
-    return {k: float(sum(r[k] for r in rows if k in r) / max(1, sum(k in r for r in rows))) for k in keys}
+    return {k: float(sum(r[k] for r in rows if k in r) / sum(k in r for r in rows)) for k in keys}
 
 
 # --------------------------------------------------------------------------- LoRA
@@ -550,8 +551,8 @@ class PPOLearner:
                     if grad_norms is not None:
                         step_rows.append(grad_norms)
         self.train_steps += 1
-        stats = _mean_stats(micro_rows)
-        stats.update(_mean_stats(step_rows))
+        stats = mean_stats(micro_rows)
+        stats.update(mean_stats(step_rows))
         stats["optimizer_steps"] = float(self.policy_engine.global_steps - steps_before)
         stats["train_time_s"] = time.perf_counter() - t0
         return stats
