@@ -2,8 +2,9 @@
 
 `run_sft(config)` reads a QA-FEEDBACK-style prompts file (`text` = prompt, `answer[0]` =
 target), builds a fresh tiny policy (`fgrlhf_ray.policy`) or loads `init_from`, trains
-with AdamW on the answer tokens only (prompt and padding are masked out of the loss; EOS
-is appended to every answer so that sampling stops), saves model + tokenizer, then
+with AdamW on the answer tokens (prompt tokens get `prompt_loss_weight`, 0 by default;
+padding is masked out; EOS is appended to every answer so that sampling stops), saves
+model + tokenizer, then
 samples dev answers with HF `generate` (top-k 20, temperature 0.7 by default) and, for
 the synthetic task, scores them with the oracle (`fgrlhf_ray.data.synthetic`).
 
@@ -114,6 +115,11 @@ class SFTConfig(StrictModel):
     grad_clip: float = Field(1.0, gt=0)
     """Clip the global gradient norm to this value."""
 
+    prompt_loss_weight: float = Field(0.0, ge=0, le=1)
+    """Weight of next-token loss on prompt tokens relative to answer tokens (0 = answer-only SFT).
+    A small weight teaches a tiny from-scratch model to copy names: every passage repeats its
+    title, so prompts are full of copy examples that answer tokens alone supply too slowly."""
+
     max_prompt_tokens: int = Field(448, ge=1)
     """Pairs whose prompt is longer are skipped (and counted in the log)."""
 
@@ -137,7 +143,7 @@ class SFTConfig(StrictModel):
 class SFTResult:
     output_dir: Path
     steps: int
-    losses: list[float]  # (steps,) training loss of each optimizer step
+    losses: list[float]  # (steps,) answer-token loss of each optimizer step
     wall_time_s: float  # training loop only
     eval: dict = field(default_factory=dict)
 
@@ -190,7 +196,8 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], *, answer_prefix: 
 
 def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
     """Right-padded batch. Returns input_ids (B, T), attention_mask (B, T) and labels (B, T)
-    where labels = input_ids on answer tokens and −100 on prompt and padding (ignored)."""
+    where labels = input_ids on answer tokens and −100 on prompt and padding (ignored).
+    `attention_mask - (labels != -100)` marks the prompt tokens."""
     import torch
 
     T = max(len(p) + len(a) for p, a in examples)
@@ -203,6 +210,27 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
         mask[i, : len(seq)] = 1
         labels[i, len(p) : len(seq)] = torch.tensor(a)
     return ids, mask, labels
+
+
+def sft_loss(logits, input_ids, attention_mask, labels, prompt_weight: float = 0.0):
+    """Weighted next-token cross-entropy. Returns (loss, answer_loss).
+
+    logits: (B, T, V) for input_ids (B, T); position t predicts token t+1. Weights of
+    target tokens: 1 on answer tokens (labels != −100), `prompt_weight` on prompt tokens,
+    0 on padding.
+        loss        = Σ_t w_t · CE_t / Σ_t w_t
+        answer_loss = mean CE over answer tokens (the answer-only SFT loss; reported)
+    """
+    import torch.nn.functional as F
+
+    targets = input_ids[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                         reduction="none").view_as(targets)
+    is_answer = (labels[:, 1:] != -100).float()
+    is_prompt = attention_mask[:, 1:].float() - is_answer
+    answer_loss = (ce * is_answer).sum() / is_answer.sum().clamp(min=1)
+    w = is_answer + prompt_weight * is_prompt
+    return (ce * w).sum() / w.sum().clamp(min=1e-8), answer_loss
 
 
 def lr_at(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
@@ -338,6 +366,9 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (out_dir / "sft_log.jsonl").open("w")  # progress readable while training runs
     model.train()
     losses: list[float] = []
     log: list[dict] = []
@@ -351,19 +382,23 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
         ids, mask, labels = collate([examples[i] for i in batch_idx], tokenizer.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_at(step, total=total, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss, answer_loss = sft_loss(logits, ids, mask, labels, cfg.prompt_loss_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        losses.append(loss.item())
+        losses.append(answer_loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             recent = losses[-cfg.log_every:]
             log.append({"step": step + 1, "loss": sum(recent) / len(recent),
                         "grad_norm": float(gnorm), "lr": opt.param_groups[0]["lr"],
                         "elapsed_s": time.perf_counter() - t0})
+            log_file.write(json.dumps(log[-1]) + "\n")
+            log_file.flush()
     bar.close()
+    log_file.close()
     wall = time.perf_counter() - t0
 
     out = save_policy(model, tokenizer, cfg.output_dir,

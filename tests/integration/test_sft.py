@@ -25,6 +25,7 @@ def test_sft_tiny_policy_learns_and_saves(tmp_path):
         output_dir=str(tmp_path / "sft"),
         policy=TinyPolicyConfig(vocab_size=600, hidden_size=64, num_heads=1, num_layers=2,
                                 intermediate_size=128, max_position_embeddings=512),
+        epochs=10,
         max_steps=40,
         batch_size=8,
         lr=3e-3,

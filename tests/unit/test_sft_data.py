@@ -46,3 +46,31 @@ def test_load_pairs_errors_name_the_row(tmp_path):
         load_pairs(p)
     with pytest.raises(DataError, match="fgrlhf data synth"):
         load_pairs(tmp_path / "missing.json")
+
+
+def test_sft_loss_matches_plain_loop_and_hf_convention():
+    import torch
+
+    from fgrlhf_ray.sft import sft_loss
+
+    torch.manual_seed(0)
+    ids, mask, labels = collate([([5, 6, 7], [8, 2]), ([9], [10, 11, 2])], pad_id=0)
+    logits = torch.randn(2, ids.shape[1], 12)
+    for w in (0.0, 0.3):
+        loss, ans = sft_loss(logits, ids, mask, labels, w)
+        num = den = a_num = a_den = 0.0
+        for b in range(2):
+            for t in range(ids.shape[1] - 1):
+                if not mask[b, t + 1]:
+                    continue
+                ce = -torch.log_softmax(logits[b, t], -1)[ids[b, t + 1]].item()
+                weight = 1.0 if labels[b, t + 1] != -100 else w
+                num, den = num + weight * ce, den + weight
+                if labels[b, t + 1] != -100:
+                    a_num, a_den = a_num + ce, a_den + 1
+        assert loss.item() == pytest.approx(num / den, rel=1e-5)
+        assert ans.item() == pytest.approx(a_num / a_den, rel=1e-5)
+    # Junk logits at padded positions change nothing.
+    junk = logits.clone()
+    junk[1, 3] = 1e3  # predicts the padding token of row 1
+    assert sft_loss(junk, ids, mask, labels, 0.3)[0].item() == pytest.approx(sft_loss(logits, ids, mask, labels, 0.3)[0].item())
