@@ -321,60 +321,12 @@ def _ensure_data(cfg: SFTConfig) -> Path:
     return data_dir
 
 
-def run_sft(cfg: SFTConfig) -> SFTResult:
-    """Train, save, evaluate (see module docstring). Writes `output_dir/sft_metrics.json`."""
+def _train_loop(cfg: SFTConfig, model, tokenizer, examples, opt, gen, bar, total: int,
+                losses: list[float], log: list[dict], log_file, t0: float) -> None:
+    """The optimizer steps; appends to `losses` (answer loss per step) and `log`."""
     import torch
-    from tqdm.auto import tqdm
 
-    from fgrlhf_ray.policy import build_tiny_policy, save_policy, train_tokenizer
-
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    data_dir = _ensure_data(cfg)
-    _, pairs = load_pairs(data_dir / cfg.train_file)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    if cfg.init_from:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.init_from)
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, torch_dtype=torch.float32)
-    else:
-        # The tokenizer sees prompts and answers: byte-level BPE merges for the names.
-        texts = [p for p, _ in pairs] + [cfg.answer_prefix + a for _, a in pairs]
-        tokenizer = train_tokenizer(texts, vocab_size=cfg.policy.vocab_size,
-                                    model_max_length=cfg.policy.max_position_embeddings)
-        model = build_tiny_policy(tokenizer=tokenizer, config=cfg.policy, seed=cfg.seed)
-    max_pos = model.config.max_position_embeddings
-    examples, skipped = encode_pairs(tokenizer, pairs, answer_prefix=cfg.answer_prefix,
-                                     max_prompt_tokens=min(cfg.max_prompt_tokens, max_pos - cfg.max_answer_tokens),
-                                     max_answer_tokens=cfg.max_answer_tokens)
-    if not examples:
-        raise DataError(
-            f"{data_dir / cfg.train_file}: all {len(pairs)} prompts exceed max_prompt_tokens="
-            f"{cfg.max_prompt_tokens} (or max_position_embeddings - max_answer_tokens); raise them."
-        )
-
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = math.ceil(cfg.epochs * steps_per_epoch)
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)  # no decay on norms and biases
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = (out_dir / "sft_log.jsonl").open("w")  # progress readable while training runs
-    model.train()
-    losses: list[float] = []
-    log: list[dict] = []
     order: list[int] = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(total), desc="sft", disable=not cfg.progress_bar, dynamic_ncols=True)
     for step in bar:
         if len(order) < cfg.batch_size:
             order += torch.randperm(len(examples), generator=gen).tolist()
@@ -397,8 +349,70 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
                         "elapsed_s": time.perf_counter() - t0})
             log_file.write(json.dumps(log[-1]) + "\n")
             log_file.flush()
-    bar.close()
-    log_file.close()
+
+
+def run_sft(cfg: SFTConfig) -> SFTResult:
+    """Train, save, evaluate (see module docstring). Writes `output_dir/sft_metrics.json`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from fgrlhf_ray.policy import build_tiny_policy, save_policy, train_tokenizer
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    data_dir = _ensure_data(cfg)
+    _, pairs = load_pairs(data_dir / cfg.train_file)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    if cfg.init_from:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.init_from)
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        if tokenizer.eos_token_id is None:
+            raise DataError(f"init_from={cfg.init_from}: the tokenizer has no eos_token; SFT appends it to answers.")
+        if tokenizer.pad_token_id is None:  # padding is masked out, any id will do
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        # The tokenizer sees prompts and answers: byte-level BPE merges for the names.
+        texts = [p for p, _ in pairs] + [cfg.answer_prefix + a for _, a in pairs]
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.policy.vocab_size,
+                                    model_max_length=cfg.policy.max_position_embeddings)
+        model = build_tiny_policy(tokenizer=tokenizer, config=cfg.policy, seed=cfg.seed)
+    max_pos = model.config.max_position_embeddings
+    examples, skipped = encode_pairs(tokenizer, pairs, answer_prefix=cfg.answer_prefix,
+                                     max_prompt_tokens=min(cfg.max_prompt_tokens, max_pos - cfg.max_answer_tokens),
+                                     max_answer_tokens=cfg.max_answer_tokens)
+    if not examples:
+        raise DataError(
+            f"{data_dir / cfg.train_file}: all {len(pairs)} prompts exceed max_prompt_tokens="
+            f"{cfg.max_prompt_tokens} (or max_position_embeddings - max_answer_tokens); raise them."
+        )
+
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)  # no decay on norms and biases
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (out_dir / "sft_log.jsonl").open("w")  # progress readable while training runs
+    model.train()
+    losses: list[float] = []
+    log: list[dict] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(total), desc="sft", disable=not cfg.progress_bar, dynamic_ncols=True)
+    try:
+        _train_loop(cfg, model, tokenizer, examples, opt, gen, bar, total, losses, log, log_file, t0)
+    finally:
+        bar.close()
+        log_file.close()
     wall = time.perf_counter() - t0
 
     out = save_policy(model, tokenizer, cfg.output_dir,
