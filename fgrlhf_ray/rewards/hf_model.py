@@ -222,10 +222,12 @@ class HFRewardModel:
 
 
 def _drop_pooler(backbone: nn.Module) -> nn.Module:
-    """Remove a BERT-style pooler: the RMs read token states only, and an unused
-    parameter would break DDP's gradient reduction (and waste a save)."""
-    if isinstance(getattr(backbone, "pooler", None), nn.Module):
-        backbone.pooler = None
+    """Freeze a BERT-style pooler: the RMs read token states only, and a trainable but
+    unused parameter would break DDP's gradient reduction. It stays in the module so
+    that saved folders load without missing-weight reports."""
+    pooler = getattr(backbone, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        pooler.requires_grad_(False)
     return backbone
 
 
