@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "fgrlhf_ray.sft",  # fgrlhf sft
     "fgrlhf_ray.rewards.cli",  # fgrlhf train-rm, eval-rm
     "fgrlhf_ray.serve.cli",  # fgrlhf serve
+    "fgrlhf_ray.trainer",  # fgrlhf train
 ]
 
 

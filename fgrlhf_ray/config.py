@@ -304,8 +304,10 @@ class LearnerConfig(StrictModel):
     bf16: bool = False
     """bfloat16 mixed precision (on GPU; CPU runs stay float32)."""
 
-    grad_accum_steps: int = Field(1, ge=1)
-    """Micro-batches accumulated per optimiser step."""
+    grad_accum_steps: int | None = Field(None, ge=1)
+    """Micro-batches accumulated per optimiser step. None (default): derived, so that one
+    optimiser step covers one PPO minibatch: ppo.minibatch_size / (world_size × micro_batch_size).
+    If set, it must equal that quotient (the learner refuses a contradiction)."""
 
     micro_batch_size: int = Field(4, ge=1)
     """Samples per forward/backward pass on one rank."""

@@ -1,0 +1,478 @@
+"""`fgrlhf train`: build the Ray actor groups from a `RunConfig` and drive the controller.
+
+This module is the only place that knows both the config tree and the actor groups:
+it starts (or joins) Ray, creates placement groups, rollout engines, scorer replicas,
+the reference policy and the learner ranks, adapts them to the controller's service
+interfaces, and runs the loop with metrics, evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fgrlhf_ray import checkpoint
+from fgrlhf_ray.config import RunConfig, dump_config, load_config
+from fgrlhf_ray.controller import PPOController, ScorerSpec
+from fgrlhf_ray.errors import ConfigError, FgrlhfError
+from fgrlhf_ray.metrics import MetricsLogger
+from fgrlhf_ray.prompts import load_prompts
+
+log = logging.getLogger(__name__)
+
+# vLLM-CPU / DeepSpeed-CPU need these in every actor process (runtime_env), and
+# `VLLM_ALLOW_INSECURE_SERIALIZATION` lets vLLM's collective_rpc carry our weight loader.
+ACTOR_ENV = {
+    "DS_ACCELERATOR": "cpu",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+}
+
+
+class RayRuntime:
+    """Handles are ObjectRefs: `put` is `ray.put`; `resolve` waits for a whole phase.
+
+    `resolve` sweeps `ray.wait` until every ref of the phase is ready, recording when
+    each finished (so parallel participants get their own timing), then fetches all
+    values with a single `ray.get`. Plain values pass through as ready at 0 s.
+    """
+
+    def __init__(self) -> None:
+        import ray
+
+        self.ray = ray
+
+    def put(self, value: Any) -> Any:
+        return self.ray.put(value)
+
+    def resolve(self, handles: dict[str, Any], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
+        ray = self.ray
+        start = time.perf_counter()
+        refs = {name: h for name, h in handles.items() if isinstance(h, ray.ObjectRef)}
+        ready_after = {name: 0.0 for name in handles if name not in refs}
+        pending = dict(refs)
+        by_ref = {ref: name for name, ref in refs.items()}
+        while pending:
+            remaining = timeout - (time.perf_counter() - start)
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"phase did not finish within {timeout:.0f} s (ray.get_timeout_s); still waiting for: "
+                    f"{', '.join(sorted(pending))}"
+                )
+            done, _ = ray.wait(list(pending.values()), num_returns=1, timeout=remaining)
+            for ref in done:
+                name = by_ref[ref]
+                ready_after[name] = time.perf_counter() - start
+                pending.pop(name)
+        values = dict(zip(refs, ray.get(list(refs.values()), timeout=max(timeout - (time.perf_counter() - start), 1.0))))
+        values.update({name: h for name, h in handles.items() if name not in refs})
+        return values, ready_after
+
+
+# ------------------------------------------------------------------ service adapters
+
+
+@dataclass
+class RolloutService:
+    group: Any  # fgrlhf_ray.actors.rollout.RolloutGroup
+    tokenizer: Any
+    max_prompt_tokens: int
+
+    def generate(self, prompts: list[str], *, n: int, sampling: dict, seed: int):
+        # Tokenize here so the prompt cut (max_prompt_tokens, keeping the start where
+        # the question sits) is the same for vLLM, the learner and the reference.
+        prompt_ids = [ids[: self.max_prompt_tokens] for ids in self.tokenizer(prompts)["input_ids"]]
+        return self.group.generate(
+            prompts, prompt_ids=prompt_ids, n=n, temperature=sampling["temperature"], top_k=sampling["top_k"],
+            top_p=sampling["top_p"], max_new_tokens=sampling["max_new_tokens"], seed=seed,
+        )
+
+    def sync_weights(self, weights):
+        return self.group.sync_weights(weights)
+
+    def probe_logprobs(self, prompt_ids, response_ids):
+        return self.group.probe(prompt_ids, response_ids)
+
+
+@dataclass
+class ScorerService:
+    group: Any  # fgrlhf_ray.actors.scorer.ScorerGroup
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    def score(self, rollout, num_samples: int):
+        return self.group.score(rollout, num_samples)
+
+
+@dataclass
+class LearnerService:
+    """The controller's learner interface over a `LearnerGroup`: every call returns an ObjectRef."""
+
+    group: Any  # fgrlhf_ray.actors.learner.LearnerGroup
+    sync_dtype: str | None = None  # dtype the weights travel in (the engines' dtype)
+
+    def logprobs_and_values(self, rollout):
+        return self.group.compute_logprobs_and_values_async(rollout)
+
+    def train(self, experience):
+        return self.group.train_async(experience)
+
+    def weights(self):
+        return self.group.serialized_weights_ref(self.sync_dtype)
+
+    def probe_logprobs(self, prompt_ids, response_ids):
+        return self.group.probe_logprobs_async(prompt_ids, response_ids)
+
+    def save_checkpoint(self, directory: str):
+        return self.group.save_checkpoint_async(directory)
+
+    def load_checkpoint(self, directory: str, *, timeout_s: float):
+        return self.group.load_checkpoint(directory, timeout_s=timeout_s)
+
+
+@dataclass
+class ReferenceService:
+    """The controller's reference interface over one `ReferenceActor`."""
+
+    actor: Any  # fgrlhf_ray.actors.reference.ReferenceActor handle
+
+    def logprobs(self, rollout):
+        return self.actor.logprobs.remote(rollout)
+
+
+def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
+    """`PPOLearner` keyword arguments from the run config (the same on every rank)."""
+    ppo, learner = config.ppo, config.learner
+    if learner.critic.shared_backbone:
+        raise ConfigError("learner.critic.shared_backbone: a critic sharing the policy's backbone is not "
+                          "implemented yet; set it to false (the critic gets its own copy of the backbone)")
+    return dict(
+        policy_path=config.policy.model_path, critic_path=learner.critic.model_path,
+        zero_stage=learner.zero_stage, offload_optimizer=learner.offload_optimizer, bf16=learner.bf16,
+        lr=ppo.lr, critic_lr=ppo.critic_lr, adam_eps=ppo.adam_eps, grad_accum_steps=learner.grad_accum_steps,
+        micro_batch_size=learner.micro_batch_size, ppo_epochs=ppo.ppo_epochs, minibatch_size=ppo.minibatch_size,
+        policy_clip=ppo.policy_clip, value_clip=ppo.value_clip, dual_clip=ppo.dual_clip,
+        loss_aggregation=ppo.loss_aggregation, max_grad_norm=ppo.max_grad_norm,
+        lora=learner.lora.model_dump() if learner.lora.enabled else None,
+        seed=config.seed, pad_token_id=pad_token_id,
+    )
+
+
+# ------------------------------------------------------------------ Ray setup
+
+
+def required_cpus(config: RunConfig) -> float:
+    """Logical CPUs the actor groups ask for (a local cluster is sized to fit them)."""
+    rollout = config.rollout.num_engines * config.rollout.num_cpus_per_engine
+    scorers = sum(rm.num_replicas * rm.num_cpus for rm in config.reward_models)
+    learner = config.learner.world_size * config.learner.num_cpus_per_rank
+    reference = 1.0
+    return rollout + scorers + learner + reference
+
+
+def init_ray(config: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": dict(ACTOR_ENV)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    # Local cluster: logical CPUs sized to the actor groups so the run schedules on a
+    # small laptop too; the OS shares the real cores between them.
+    num_cpus = max(int(required_cpus(config) + 0.999), os.cpu_count() or 1)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+
+
+def _placement(config: RunConfig):
+    """Placement groups per config: one per group (separate) or one shared (colocate)."""
+    from ray.util.placement_group import placement_group
+
+    if config.ray.placement == "colocate":
+        width = max(config.rollout.num_engines, config.learner.world_size)
+        bundles = [{"CPU": config.rollout.num_cpus_per_engine + config.learner.num_cpus_per_rank,
+                    **({"GPU": config.learner.num_gpus_per_rank} if config.learner.num_gpus_per_rank else {})}
+                   for _ in range(width)]
+        pg = placement_group(bundles, strategy="PACK")
+        return pg, pg
+    rollout_pg = placement_group([{"CPU": config.rollout.num_cpus_per_engine,
+                                   **({"GPU": config.rollout.num_gpus_per_engine}
+                                      if config.rollout.num_gpus_per_engine else {}),
+                                   **config.ray.rollout_resources} for _ in range(config.rollout.num_engines)],
+                                 strategy="PACK")
+    learner_pg = placement_group([{"CPU": config.learner.num_cpus_per_rank,
+                                   **({"GPU": config.learner.num_gpus_per_rank}
+                                      if config.learner.num_gpus_per_rank else {}),
+                                   **config.ray.learner_resources} for _ in range(config.learner.world_size)],
+                                 strategy="PACK")
+    return rollout_pg, learner_pg
+
+
+def _scorer_scheduling(config: RunConfig) -> dict:
+    return {}
+
+
+# ------------------------------------------------------------------ the run
+
+
+class Trainer:
+    """Owns the actor groups of one run; `run()` trains, `shutdown()` releases them."""
+
+    def __init__(self, config: RunConfig, *, resume: str | None = None, force: bool = False) -> None:
+        self.config = config
+        self.resume = resume
+        self.force = force
+        self._stop_requested = False
+
+    # -- construction -------------------------------------------------------------------
+
+    def build(self) -> PPOController:
+        import ray
+        from transformers import AutoTokenizer
+
+        from fgrlhf_ray.actors.learner import LearnerGroup
+        from fgrlhf_ray.actors.reference import ReferenceActor
+        from fgrlhf_ray.actors.rollout import RolloutGroup
+        from fgrlhf_ray.actors.scorer import ScorerGroup
+
+        config = self.config
+        policy_path = config.policy.model_path
+        if not Path(policy_path).exists() and not config.ray.address and not os.environ.get("RAY_ADDRESS"):
+            raise ConfigError(f"policy.model_path: {policy_path} does not exist (train or SFT a policy first)")
+        prompts = load_prompts(config.data.train_file, format=config.data.format,
+                               prompt_field=config.data.prompt_field)
+        self.dev_prompts = (load_prompts(config.data.dev_file, format=config.data.format,
+                                         prompt_field=config.data.prompt_field) if config.data.dev_file else [])
+        for rm in config.reward_models:
+            if rm.path and not Path(rm.path).exists():
+                raise ConfigError(f"reward model {rm.name!r}: path {rm.path} does not exist (train it first)")
+        tokenizer = AutoTokenizer.from_pretrained(config.policy.tokenizer_path or policy_path)
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+        init_ray(config)
+        rollout_pg, learner_pg = _placement(config)
+        ray.get([rollout_pg.ready(), learner_pg.ready()], timeout=config.ray.get_timeout_s)
+        self.placement_groups = [rollout_pg] if rollout_pg is learner_pg else [rollout_pg, learner_pg]
+
+        t0 = time.perf_counter()
+        self.learner_group = LearnerGroup(
+            world_size=config.learner.world_size,
+            learner_kwargs=learner_kwargs(config, pad_token_id=pad_token_id),
+            placement_group=learner_pg,
+            # colocate: rank i shares bundle i with engine i (the bundle holds both's CPUs).
+            num_cpus_per_actor=config.learner.num_cpus_per_rank,
+            num_gpus_per_actor=config.learner.num_gpus_per_rank,
+            runtime_env={"env_vars": dict(ACTOR_ENV)},
+            setup_timeout_s=config.ray.get_timeout_s,
+        )
+        self.learner = LearnerService(self.learner_group, sync_dtype=config.policy.dtype)
+        self.reference_actor = ReferenceActor.options(
+            num_cpus=1, max_restarts=config.ray.max_restarts, max_task_retries=config.ray.max_restarts,
+            runtime_env={"env_vars": dict(ACTOR_ENV)},
+        ).remote(num_threads=1, model_path=policy_path, dtype=config.policy.dtype,
+                 micro_batch_size=config.learner.micro_batch_size, pad_token_id=pad_token_id)
+        self.reference = ReferenceService(self.reference_actor)
+        self.scorer_groups = [
+            ScorerGroup(config=rm, max_restarts=config.ray.max_restarts, resources=config.ray.scorer_resources)
+            for rm in config.reward_models
+        ]
+        rollout = config.rollout
+        self.rollout = RolloutGroup(
+            num_engines=rollout.num_engines,
+            engine_kwargs=dict(
+                model_path=policy_path, tokenizer_path=config.policy.tokenizer_path,
+                tensor_parallel_size=rollout.tensor_parallel_size,
+                gpu_memory_utilization=rollout.gpu_memory_utilization,
+                kv_cache_space_gib=rollout.kv_cache_space_gib, dtype=config.policy.dtype, seed=config.seed,
+                enforce_eager=rollout.enforce_eager, max_model_len=rollout.max_model_len,
+            ),
+            placement_group=rollout_pg,
+            num_cpus=rollout.num_cpus_per_engine,
+            num_gpus=rollout.num_gpus_per_engine,
+            env_vars={**ACTOR_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(rollout.kv_cache_space_gib)))},
+            call_timeout_s=config.ray.get_timeout_s,
+        )
+        normalizations = ray.get([g.normalization() for g in self.scorer_groups], timeout=config.ray.get_timeout_s)
+        self.startup_s = time.perf_counter() - t0
+        weights = config.effective_reward_weights()
+        specs = [ScorerSpec(name=rm.name, weight=weights[rm.name], mean=mean, std=std)
+                 for rm, (mean, std) in zip(config.reward_models, normalizations)]
+
+        probe_prompt = tokenizer(prompts[0])["input_ids"][: config.data.max_prompt_tokens]
+        probe_response = tokenizer(" The answer is in the passage.", add_special_tokens=False)["input_ids"]
+        run_dir = Path(config.logging.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        self.controller = PPOController(
+            config=config,
+            prompts=prompts,
+            rollout=RolloutService(self.rollout, tokenizer, config.data.max_prompt_tokens),
+            scorers=[ScorerService(g) for g in self.scorer_groups],
+            scorer_specs=specs,
+            reference=self.reference,
+            learner=self.learner,
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            pad_token_id=pad_token_id,
+            runtime=RayRuntime(),
+            metrics=MetricsLogger(run_dir, tensorboard=config.logging.tensorboard),
+            probe=(probe_prompt, probe_response),
+        )
+        return self.controller
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        import ray
+
+        config = self.config
+        root = config.checkpoint_dir()
+        step = self.controller.step
+        tmp = checkpoint.begin(root, step)
+        ray.get(self.learner.save_checkpoint(str(tmp)), timeout=config.ray.get_timeout_s)
+        final = checkpoint.commit(root, tmp, step, controller_state=self.controller.state_dict(),
+                                  config_yaml=dump_config(config), keep_last=config.checkpoint.keep_last)
+        log.info("checkpoint: %s", final)
+        return final
+
+    def find_resume_checkpoint(self) -> Path | None:
+        """The checkpoint `resume` names ("auto" = latest), checked against this run's config.
+
+        Runs before any actor starts, so a wrong `--resume` fails in a second, not after
+        the engines have loaded.
+        """
+        import yaml
+
+        root = self.config.checkpoint_dir()
+        target = checkpoint.latest_checkpoint(root) if self.resume == "auto" else Path(self.resume)
+        if target is None:
+            log.info("resume=auto: no checkpoint under %s, starting from scratch", root)
+            return None
+        if not (target / "controller.json").is_file() or not (target / "config.yaml").is_file():
+            raise FgrlhfError(f"--resume {target}: not a complete checkpoint (no controller.json / config.yaml)")
+        saved = yaml.safe_load((target / "config.yaml").read_text())
+        mismatch = _incompatible(saved, self.config.model_dump(mode="json"))
+        if mismatch and not self.force:
+            raise FgrlhfError(f"checkpoint {target} was written by a different run ({mismatch}); "
+                              f"pass --force to resume anyway")
+        return target
+
+    def restore(self, target: Path) -> int:
+        """Load learner and controller state from `target`; returns its step."""
+        import json
+
+        self.learner.load_checkpoint(str(target), timeout_s=self.config.ray.get_timeout_s)
+        self.controller.load_state_dict(json.loads((target / "controller.json").read_text()))
+        # The engines still hold the initial policy: bring them to the checkpoint's weights.
+        self.controller.sync_weights({})
+        log.info("resumed from %s at step %d", target, self.controller.step)
+        return self.controller.step
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        target = self.find_resume_checkpoint() if self.resume else None
+        controller = self.build()
+        if target is not None:
+            self.restore(target)
+        config = self.config
+        total = config.ppo.total_steps
+        every = config.checkpoint.every
+        history: list[dict] = []
+        saved_step: int | None = None
+        previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        try:
+            with tqdm(total=total, initial=controller.step, desc="ppo", unit="step", dynamic_ncols=True) as bar:
+                while controller.step < total and not self._stop_requested:
+                    result = controller.train_step()
+                    m = result.metrics
+                    if config.logging.eval_every and self.dev_prompts and result.step % config.logging.eval_every == 0:
+                        m.update(self.evaluate())
+                    history.append(m)
+                    bar.set_postfix(reward=f"{m['reward/total_mean']:.3f}", kl=f"{m['kl']:.3f}",
+                                    s_per_step=f"{m['time/step']:.1f}")
+                    bar.update(1)
+                    if every and result.step % every == 0:
+                        self.save_checkpoint()
+                        saved_step = result.step
+            if self._stop_requested:
+                log.warning("stop requested: saving a checkpoint at step %d", controller.step)
+            if history and saved_step != controller.step:
+                self.save_checkpoint()
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            if controller.metrics is not None:
+                controller.metrics.close()
+        return history
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward of each RM on the dev prompts (one sample each, training sampling)."""
+        return self.controller.evaluate(self.dev_prompts)
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    def shutdown(self) -> None:
+        import ray
+
+        for name in ("rollout", "learner_group"):
+            group = getattr(self, name, None)
+            if group is not None:
+                group.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _incompatible(saved: dict, current: dict) -> str | None:
+    """What makes a checkpoint unusable for this run: a different policy or RM set."""
+    if saved.get("policy", {}).get("model_path") != current["policy"]["model_path"]:
+        return f"policy.model_path {saved.get('policy', {}).get('model_path')!r} != {current['policy']['model_path']!r}"
+    names = lambda cfg: [(rm["name"], rm["kind"], rm.get("path"), rm.get("target")) for rm in cfg.get("reward_models", [])]  # noqa: E731
+    if names(saved) != names(current):
+        return "a different reward-model set"
+    return None
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _train(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config, resume=args.resume, force=args.force)
+    try:
+        history = trainer.run()
+    except KeyboardInterrupt:
+        print(f"interrupted; resume with: fgrlhf train --config {args.config} --resume auto")
+        return 130
+    finally:
+        trainer.shutdown()
+    if history:
+        last = history[-1]
+        print(f"done: {len(history)} steps, last reward {last['reward/total_mean']:.4f}, "
+              f"metrics in {Path(config.logging.dir) / 'metrics.jsonl'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from fgrlhf_ray.cli import add_config_arguments
+
+    parser = subparsers.add_parser("train", help="fine-grained PPO on Ray (vLLM rollouts, RM scorers, DeepSpeed)")
+    parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
+    add_config_arguments(parser)
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR|auto",
+                        help="continue from a checkpoint folder, or the latest complete one (auto)")
+    parser.add_argument("--force", action="store_true", help="resume even if the checkpoint's config differs")
+    parser.set_defaults(handler=_train)
