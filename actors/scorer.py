@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 from fgrlhf_ray.config import RewardModelConfig
@@ -41,6 +43,9 @@ class ScorerGroup:
         self.config = config
         options = dict(num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_restarts=max_restarts,
                        max_task_retries=max_restarts, resources=resources or None, **(scheduling or {}))
+        token = os.environ.get(config.token_env) if config.kind == "http" else None
+        if token:  # the driver's bearer token must reach the actor processes (possibly on other nodes)
+            options["runtime_env"] = {"env_vars": {config.token_env: token}}
         self.actors = [ScorerActor.options(**options).remote(config.model_dump()) for _ in
                        range(config.num_replicas)]
 

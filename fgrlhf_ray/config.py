@@ -165,6 +165,9 @@ class RewardModelConfig(StrictModel):
     max_concurrency: int = Field(4, ge=1)
     """Concurrent in-flight requests for http scorers."""
 
+    token_env: str = Field("FGRLHF_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """http scorers: environment variable holding the bearer token sent to the server (unset: none sent)."""
+
     @model_validator(mode="after")
     def _check_kind(self) -> "RewardModelConfig":
         allowed = ALLOWED_DENSITIES[self.kind]

@@ -33,10 +33,20 @@ def build_scorer(config: RewardModelConfig):
         from fgrlhf_ray.rewards import FunctionScorer
 
         return FunctionScorer(target=config.target, density=config.density, name=config.name)
-    raise ConfigError(
-        f"reward model {config.name!r}: kind {config.kind!r} scorers are not available in training yet; "
-        f"use segment_classifier, sequence_preference, token_level or function"
-    )
+    if config.kind == "http":
+        from fgrlhf_ray.http_scorer import HttpScorer
+
+        # Any server speaking /v1/score (`fgrlhf serve`); a `#model` fragment picks the model.
+        return HttpScorer(name=config.name, url=config.target, density=config.density, timeout_s=config.timeout_s,
+                          max_retries=config.max_retries, max_concurrency=config.max_concurrency,
+                          token_env=config.token_env)
+    if config.kind == "serve":
+        from fgrlhf_ray.serve.handle_scorer import ServeHandleScorer
+
+        # In-cluster through a DeploymentHandle (no HTTP hop): target `app` or `app/deployment`.
+        return ServeHandleScorer.from_target(name=config.name, target=config.target, density=config.density,
+                                             timeout_s=config.timeout_s, max_retries=config.max_retries)
+    raise ConfigError(f"reward model {config.name!r}: unknown kind {config.kind!r}")
 
 
 def normalization_of(config: RewardModelConfig, scorer) -> tuple[float, float]:

@@ -508,3 +508,33 @@ def test_http_scorer_model_fragment_and_auth_errors(served, local_models, monkey
         wrong.score(PROMPTS[:1], RESPONSES[:1])
     assert time.monotonic() - start < 5  # a 401 is not retried
     wrong.close()
+
+
+@pytest.mark.parametrize("kind", ["serve", "http"])
+def test_training_scorer_actor_with_served_model_equals_in_process(served, local_models, kind, monkeypatch):
+    """`kind: serve` / `kind: http` in a training config: a ScorerGroup (the actors `fgrlhf train`
+    uses) scores an object-store rollout through the served model, equal to in-process scores."""
+    import ray
+
+    from fgrlhf_ray.actors.scorer import ScorerGroup
+    from fgrlhf_ray.config import RewardModelConfig
+    from fgrlhf_ray.types import RolloutBatch
+
+    target = f"{APP}/relevance" if kind == "serve" else f"{served.url}#relevance"
+    config = RewardModelConfig(name="rel", kind=kind, target=target, density="sub_sentence", num_cpus=0,
+                               num_replicas=2, token_env=TOKEN_ENV)
+    rollout = RolloutBatch(prompts=list(PROMPTS), prompt_ids=[[1]] * len(PROMPTS), responses=list(RESPONSES),
+                           response_ids=[[2]] * len(PROMPTS), logprobs=[[0.0]] * len(PROMPTS),
+                           prompt_index=list(range(len(PROMPTS))))
+    group = ScorerGroup(config=config, max_restarts=0)
+    try:
+        got = ray.get(group.score(ray.put(rollout), len(rollout)), timeout=120)
+        mean_std = ray.get(group.normalization(), timeout=60)
+    finally:
+        for actor in group.actors:
+            ray.kill(actor)
+    local = local_models["relevance"].score(PROMPTS, RESPONSES)
+    assert len(got) == len(local)
+    for i, (r, l) in enumerate(zip(got, local)):
+        assert_same_segments(r.segments, l, where=f"{kind} item {i}")
+    assert mean_std == NORMS["relevance"][1:]
