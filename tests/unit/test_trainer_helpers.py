@@ -1,0 +1,62 @@
+"""The trainer's pure helpers: config → learner kwargs, cluster sizing, checkpoint compatibility."""
+
+from __future__ import annotations
+
+import pytest
+
+from fgrlhf_ray.config import RunConfig
+from fgrlhf_ray.errors import ConfigError, FgrlhfError
+from fgrlhf_ray.trainer import Trainer, _incompatible, learner_kwargs, required_cpus
+
+RMS = [
+    {"name": "grounded", "kind": "function", "density": "sentence",
+     "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_replicas": 2, "num_cpus": 0.5},
+    {"name": "brevity", "kind": "function", "density": "sequence", "target": "fgrlhf_ray.rewards.builtin:brevity"},
+]
+
+
+def make_config(**overrides) -> RunConfig:
+    return RunConfig.model_validate({"reward_models": RMS, **overrides})
+
+
+def test_learner_kwargs_follow_the_config():
+    config = make_config(ppo={"lr": 3e-5, "minibatch_size": 8, "ppo_epochs": 2, "dual_clip": 3.0},
+                         learner={"zero_stage": 2, "micro_batch_size": 2, "lora": {"enabled": True, "r": 4}})
+    kw = learner_kwargs(config, pad_token_id=7)
+    assert kw["lr"] == 3e-5 and kw["zero_stage"] == 2 and kw["micro_batch_size"] == 2
+    assert kw["minibatch_size"] == 8 and kw["ppo_epochs"] == 2 and kw["dual_clip"] == 3.0
+    assert kw["grad_accum_steps"] is None  # derived by the learner from minibatch / (world × micro)
+    assert kw["lora"]["r"] == 4 and kw["pad_token_id"] == 7 and kw["seed"] == config.seed
+    assert learner_kwargs(make_config(), pad_token_id=0)["lora"] is None
+
+
+def test_shared_critic_backbone_is_refused_with_the_field_name():
+    with pytest.raises(ConfigError, match="learner.critic.shared_backbone"):
+        learner_kwargs(make_config(learner={"critic": {"shared_backbone": True}}), pad_token_id=0)
+
+
+def test_required_cpus_counts_every_group():
+    config = make_config(rollout={"num_engines": 2, "num_cpus_per_engine": 1.5},
+                         learner={"world_size": 2, "num_cpus_per_rank": 1})
+    # engines 2×1.5 + scorers (2×0.5 + 1×1) + learner 2×1 + reference 1
+    assert required_cpus(config) == pytest.approx(3 + 2 + 2 + 1)
+
+
+def test_incompatible_names_policy_and_rm_set():
+    current = make_config().model_dump(mode="json")
+    assert _incompatible(current, current) is None
+    other_policy = {**current, "policy": {**current["policy"], "model_path": "elsewhere"}}
+    assert "policy.model_path" in _incompatible(other_policy, current)
+    fewer_rms = {**current, "reward_models": current["reward_models"][:1]}
+    assert _incompatible(fewer_rms, current) == "a different reward-model set"
+    # Weights and PPO hyper-parameters may change between runs.
+    reweighted = make_config(ppo={"kl_coef": 0.1}).model_dump(mode="json")
+    assert _incompatible(reweighted, current) is None
+
+
+def test_resume_checks_happen_before_any_actor_starts(tmp_path):
+    config = make_config(logging={"dir": str(tmp_path / "run"), "tensorboard": False})
+    trainer = Trainer(config, resume="auto")
+    assert trainer.find_resume_checkpoint() is None  # nothing saved yet: start from scratch
+    with pytest.raises(FgrlhfError, match="not a complete checkpoint"):
+        Trainer(config, resume=str(tmp_path / "missing")).find_resume_checkpoint()
