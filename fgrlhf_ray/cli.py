@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "fgrlhf_ray.rewards.cli",  # fgrlhf train-rm, eval-rm
     "fgrlhf_ray.serve.cli",  # fgrlhf serve
     "fgrlhf_ray.trainer",  # fgrlhf train
+    "fgrlhf_ray.demo",  # fgrlhf demo
 ]
 
 
