@@ -24,6 +24,8 @@ COMMAND_MODULES: list[str] = [
     "fgrlhf_ray.rewards.cli",  # fgrlhf train-rm, eval-rm
     "fgrlhf_ray.serve.cli",  # fgrlhf serve
     "fgrlhf_ray.trainer",  # fgrlhf train
+    "fgrlhf_ray.evaluation.runner",  # fgrlhf eval
+    "fgrlhf_ray.edits",  # fgrlhf make-edits
     "fgrlhf_ray.demo",  # fgrlhf demo
 ]
 

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fgrlhf_ray.errors import ConfigError
 
-RewardKind = Literal["segment_classifier", "sequence_preference", "token_level", "function", "http", "serve"]
+RewardKind = Literal["segment_classifier", "sequence_preference", "token_level", "function", "http", "serve",
+                     "toxicity"]
 RewardDensity = Literal["sub_sentence", "sentence", "sequence", "token"]
 
 # Which densities each reward-model kind can produce. Function / HTTP / Serve scorers
@@ -39,6 +40,8 @@ ALLOWED_DENSITIES: dict[str, tuple[str, ...]] = {
     "function": ("sub_sentence", "sentence", "sequence", "token"),
     "http": ("sub_sentence", "sentence", "sequence", "token"),
     "serve": ("sub_sentence", "sentence", "sequence", "token"),
+    # Detoxification (paper A): holistic 1 − P(y), or −ΔP after each sentence.
+    "toxicity": ("sentence", "sequence"),
 }
 MODEL_KINDS = ("segment_classifier", "sequence_preference", "token_level")
 
@@ -124,7 +127,8 @@ class RewardModelConfig(StrictModel):
 
     kind: RewardKind
     """segment_classifier (C1/C2), sequence_preference (C3 / holistic), token_level (paper B),
-    function (`module:function`), http (a URL speaking /v1/score) or serve (a Ray Serve deployment)."""
+    function (`module:function`), http (a URL speaking /v1/score), serve (a Ray Serve deployment) or
+    toxicity (detoxification rewards from a toxicity classifier `path` or a Perspective-style API `target`)."""
 
     path: str | None = None
     """Saved reward-model folder (for segment_classifier, sequence_preference, token_level)."""
@@ -166,7 +170,11 @@ class RewardModelConfig(StrictModel):
     """Concurrent in-flight requests for http scorers."""
 
     token_env: str = Field("FGRLHF_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    """http scorers: environment variable holding the bearer token sent to the server (unset: none sent)."""
+    """http scorers: environment variable holding the bearer token sent to the server (unset: none sent).
+    toxicity scorers with a `target`: the variable holding the API key (default there: PERSPECTIVE_API_KEY)."""
+
+    requests_per_second: float | None = Field(None, gt=0.0)
+    """toxicity scorers with a `target`: client-side rate limit (e.g. the Perspective API quota); null = none."""
 
     @model_validator(mode="after")
     def _check_kind(self) -> "RewardModelConfig":
@@ -189,6 +197,15 @@ class RewardModelConfig(StrictModel):
         if self.kind == "http" and not re.match(r"^https?://", self.target or ""):
             raise ValueError(
                 f"reward model {self.name!r} of kind 'http' needs `target` as an http(s):// URL, got {self.target!r}"
+            )
+        if self.kind == "toxicity" and bool(self.path) == bool(self.target):
+            raise ValueError(
+                f"reward model {self.name!r} of kind 'toxicity' needs exactly one of `path` (a Hugging Face "
+                f"sequence-classification folder) or `target` (an http(s):// Perspective-style API URL)"
+            )
+        if self.kind == "toxicity" and self.target and not re.match(r"^https?://", self.target):
+            raise ValueError(
+                f"reward model {self.name!r} of kind 'toxicity' needs `target` as an http(s):// URL, got {self.target!r}"
             )
         if self.kind == "serve" and not self.target:
             raise ValueError(f"reward model {self.name!r} of kind 'serve' needs `target` (Serve app or deployment name)")

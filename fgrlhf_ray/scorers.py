@@ -46,6 +46,11 @@ def build_scorer(config: RewardModelConfig):
         # In-cluster through a DeploymentHandle (no HTTP hop): target `app` or `app/deployment`.
         return ServeHandleScorer.from_target(name=config.name, target=config.target, density=config.density,
                                              timeout_s=config.timeout_s, max_retries=config.max_retries)
+    if config.kind == "toxicity":
+        from fgrlhf_ray.rewards.toxicity import build_toxicity_scorer
+
+        # Detoxification: a DetoxScorer over an HF classifier (path) or a Perspective-style API (target).
+        return build_toxicity_scorer(config)
     raise ConfigError(f"reward model {config.name!r}: unknown kind {config.kind!r}")
 
 
