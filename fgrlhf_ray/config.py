@@ -377,7 +377,18 @@ class RayConfig(StrictModel):
     """Times the controller retries a failed phase after an actor dies."""
 
     get_timeout_s: float = Field(1800.0, gt=0.0)
-    """Timeout of each phase's `ray.get`."""
+    """Timeout of each phase's `ray.get` (no phase waits longer; see `phase_timeouts`)."""
+
+    phase_timeouts: dict[Literal["generate", "score", "learn", "sync", "checkpoint"], float] = Field(
+        default_factory=dict)
+    """Per-phase timeouts in seconds overriding `get_timeout_s`, e.g. `{generate: 600, score: 120}`.
+    A restartable phase (generate, score) that times out is recovered and retried like a crashed actor."""
+
+    retry_backoff_s: float = Field(1.0, ge=0.0)
+    """Wait before the first retry of a failed phase; doubles on each further retry (capped at 60 s)."""
+
+    memory_limit_gib: float | None = Field(None, gt=0.0)
+    """Report (log a warning, metric `memory/over_limit`) any actor whose resident memory exceeds this; null = off."""
 
 
 # ----------------------------------------------------------------------------- data
