@@ -275,6 +275,17 @@ def _write_atomic(path: Path, text: str) -> None:
 # ------------------------------------------------------------------ CLI
 
 
+def _validated(model_cls, data: dict):
+    """`model_cls(**data)`, a `ConfigError` listing each problem (not pydantic's text) if invalid."""
+    from pydantic import ValidationError
+
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(problems) from None
+
+
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The eval config: `--config` (or defaults) + `--set`, then the explicit flags."""
     from fgrlhf_ray.config import load_config
@@ -300,16 +311,13 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         update = {k: v for k, v in (("preference_rm", args.preference_rm),
                                     ("reference_outputs", args.reference_outputs),
                                     ("reference_policy", args.reference_policy)) if v}
-        try:
-            config.win_rate = WinRateConfig.model_validate({**config.win_rate.model_dump(), **update})
-        except ValueError as exc:
-            raise ConfigError(str(exc).splitlines()[-1].strip()) from None
+        config.win_rate = _validated(WinRateConfig, {**config.win_rate.model_dump(), **update})
     if args.toxicity:
         from fgrlhf_ray.evaluation.config import ToxicityEvalConfig
 
         source = "target" if args.toxicity.startswith(("http://", "https://")) else "path"
         base = config.toxicity.model_dump(exclude={"path", "target"}) if config.toxicity else {}
-        config.toxicity = ToxicityEvalConfig.model_validate({**base, source: args.toxicity})
+        config.toxicity = _validated(ToxicityEvalConfig, {**base, source: args.toxicity})
     if args.out:
         config.output = args.out
     return config

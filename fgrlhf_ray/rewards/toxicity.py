@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
-from fgrlhf_ray.http_scorer import RETRY_STATUSES, _reason, split_target
+from fgrlhf_ray.http_scorer import RETRY_STATUSES, split_target
 
 DEFAULT_KEY_ENV = "PERSPECTIVE_API_KEY"
 ANALYZE_PATH = "v1alpha1/comments:analyze"
@@ -88,6 +88,20 @@ def hf_toxicity_classifier(path: str, *, device: str = "cpu", batch_size: int = 
 # ----------------------------------------------------------------- HTTP client
 
 
+def _reason(response: httpx.Response) -> str:
+    """The error text of a reply: Perspective's `{"error": {"message": ...}}`, else the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        return str(err or body.get("reason") or body.get("detail") or body)[:500]
+    return str(body)[:500]
+
+
 class RateLimiter:
     """At most `rate` acquisitions per second, spaced evenly, shared by threads.
 
@@ -102,6 +116,15 @@ class RateLimiter:
         self.interval = 0.0 if rate is None else 1.0 / rate
         self._clock, self._sleep = clock, sleep
         self._next = 0.0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # picklable (scorer actors receive it): a fresh lock where it lands
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
@@ -244,9 +267,12 @@ def toxicity_function(config: Any) -> Callable[[list[str]], list[float]]:
     """The P(texts) a `kind: toxicity` reward-model config describes (path → HF, target → HTTP)."""
     if config.path:
         return hf_toxicity_classifier(config.path, batch_size=config.batch_size)
-    # The API key is not the bearer token of `fgrlhf serve`: unless the config names a
-    # variable, read PERSPECTIVE_API_KEY, so a serve token never goes to a third party.
-    key_env = config.token_env if "token_env" in config.model_fields_set else DEFAULT_KEY_ENV
+    # The API key is not the bearer token of `fgrlhf serve`: unless the config names another
+    # variable than that default, read PERSPECTIVE_API_KEY, so a serve token never goes to a
+    # third party. (Compared by value, not `model_fields_set`: scorer actors receive the
+    # config as a full dump, where every field counts as set.)
+    serve_default = type(config).model_fields["token_env"].default
+    key_env = config.token_env if config.token_env != serve_default else DEFAULT_KEY_ENV
     return PerspectiveClient(url=config.target, key_env=key_env, requests_per_second=config.requests_per_second,
                              max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
                              max_retries=config.max_retries)
