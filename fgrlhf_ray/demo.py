@@ -182,7 +182,10 @@ class Stages:
         result = fn(d)
         seconds = time.perf_counter() - t0
         self.timings[name] = seconds
-        marker.write_text(json.dumps({"key": key, "result": result, "seconds": seconds}, indent=1))
+        # Write-then-rename: a run killed here leaves no half-written marker that a re-run would trust.
+        tmp = marker.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"key": key, "result": result, "seconds": seconds}, indent=1))
+        tmp.replace(marker)
         print(f"[demo] {name}: finished in {seconds:.0f}s", flush=True)
         return key, result
 
@@ -553,12 +556,27 @@ def _demo(args: argparse.Namespace) -> int:
     raw = apply_overrides(raw, args.overrides)
     config = validate_demo_config(raw, overrides=args.overrides)
     if args.fresh and Path(config.out).exists():
-        shutil.rmtree(config.out)
+        remove_demo_output(Path(config.out))
     results = run_demo(config, fresh=args.fresh)
     out = Path(config.out)
     print(f"\n{results['verdict']}\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}\n"
           f"plot: {out / 'curves.png'}")
     return 0
+
+
+def remove_demo_output(out: Path) -> None:
+    """Delete a previous demo output folder for `--fresh`, refusing any other folder.
+
+    `--out` is user input: `--fresh --out .` must not wipe a repository. Only a folder that
+    is empty or holds a demo's files (a `data/stage.json` marker or `results.json`) goes.
+    """
+    if not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    is_demo = (out / "data" / STAGE_FILE).is_file() or (out / "results.json").is_file()
+    if any(out.iterdir()) and not is_demo:
+        raise ConfigError(f"--fresh would delete {out}, which does not look like a demo output folder "
+                          f"(no data/{STAGE_FILE} or results.json); delete it yourself or choose another --out")
+    shutil.rmtree(out)
 
 
 def validate_demo_config(raw: dict, *, overrides: Sequence[str] = ()) -> DemoConfig:

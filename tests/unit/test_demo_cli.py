@@ -1,0 +1,51 @@
+"""`fgrlhf demo` input handling that needs no training: bad settings and `--fresh` safety."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fgrlhf_ray.demo import PRESETS, DemoConfig, remove_demo_output
+from fgrlhf_ray.errors import ConfigError
+
+
+def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fgrlhf_ray.cli", "demo", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bad_budget_override_exits_2_naming_the_field(tmp_path):
+    result = run_cli("--quick", "--out", str(tmp_path / "o"), "--set", "budget.ppo_steps=0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "budget.ppo_steps" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()  # nothing started
+
+
+def test_unknown_field_exits_2(tmp_path):
+    result = run_cli("--quick", "--set", "ppo.learning_rate=1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "ppo.learning_rate" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fresh_refuses_a_folder_that_is_not_a_demo_output(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="does not look like a demo output"):
+        remove_demo_output(tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_fresh_removes_a_demo_output(tmp_path):
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "stage.json").write_text("{}")
+    remove_demo_output(out)
+    assert not out.exists()
+
+
+def test_presets_are_consistent():
+    for name, budget in PRESETS.items():
+        assert budget.eval_every <= budget.ppo_steps, name
+        assert DemoConfig(preset=name).sizes() == budget
