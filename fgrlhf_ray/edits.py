@@ -62,6 +62,7 @@ DEFAULT_TEMPLATE = Path(__file__).with_name("templates") / "minimal_edit.txt"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ROW_FAILURE_STATUSES = frozenset({400, 413, 422})
 _WORD = re.compile(r"\w+|[^\w\s]")
+_PLACEHOLDER = re.compile(r"\{prompt\}|\{response\}")
 
 
 class EditorError(FgrlhfError):
@@ -91,8 +92,10 @@ def load_template(path: str | os.PathLike | None) -> str:
 
 
 def fill_template(template: str, *, prompt: str, response: str) -> str:
-    """Replace the placeholders literally (braces elsewhere in the template or the texts stay)."""
-    return template.replace("{prompt}", prompt).replace("{response}", response)
+    """Replace the placeholders literally, in one pass: braces elsewhere in the template stay, and a
+    `{response}` inside the prompt text is not substituted."""
+    values = {"{prompt}": prompt, "{response}": response}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(0)], template)
 
 
 # --------------------------------------------------------------------------- diff stats
