@@ -194,6 +194,11 @@ class LearnerActor:
     def load_checkpoint(self, directory: str) -> None:
         self.learner.load_checkpoint(directory)
 
+    def health(self) -> dict:
+        from fgrlhf_ray.reliability import actor_health
+
+        return actor_health()
+
     def param_fingerprint(self) -> list[float]:
         """Σ and Σ|·| of each policy and critic parameter this rank holds in full (tests).
 

@@ -29,3 +29,8 @@ class ReferenceActor:
 
     def logprobs(self, batch: Any) -> torch.Tensor:
         return self.policy.logprobs(batch)
+
+    def health(self) -> dict:
+        from fgrlhf_ray.reliability import actor_health
+
+        return actor_health()

@@ -53,6 +53,11 @@ class RolloutActor:
     def stats(self) -> dict[str, float]:
         return self.engine.stats()
 
+    def health(self) -> dict:
+        from fgrlhf_ray.reliability import actor_health
+
+        return actor_health()
+
     def shutdown(self) -> None:
         self.engine.shutdown()
 
@@ -103,6 +108,9 @@ class RolloutGroup:
         startup_timeout_s / call_timeout_s: bounds for engine start-up and for each
             generate / sync / probe round; a timeout raises `TimeoutError` naming the
             call instead of hanging the controller.
+        max_restarts: Ray restarts of a crashed engine actor (tasks are not re-run by Ray:
+            the caller retries, and must re-sync weights — a restarted engine loads
+            `model_path` again; see `recover`).
     """
 
     def __init__(
@@ -117,6 +125,7 @@ class RolloutGroup:
         cpu_bind: str | Sequence[str] | None = "spread",
         startup_timeout_s: float = 900.0,
         call_timeout_s: float = 1800.0,
+        max_restarts: int = 0,
     ) -> None:
         if num_engines < 1:
             raise ValueError(f"RolloutGroup: num_engines={num_engines} must be >= 1.")
@@ -128,9 +137,12 @@ class RolloutGroup:
         self.engine_kwargs = dict(engine_kwargs)
         self.tensor_parallel_size = int(self.engine_kwargs.get("tensor_parallel_size", 1))
         self.call_timeout_s = call_timeout_s
+        self.startup_timeout_s = startup_timeout_s
         self.actors = []
+        self._spawners = []
         for i in range(num_engines):
-            options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+            options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts,
+                                       "max_task_retries": 0}
             if env_vars:
                 options["runtime_env"] = {"env_vars": {k: str(v) for k, v in env_vars.items()}}
             if placement_group is not None:
@@ -146,7 +158,9 @@ class RolloutGroup:
                 kwargs.setdefault("cpu_bind", cpu_bind)
             elif cpu_bind is not None:
                 kwargs.setdefault("cpu_bind", cpu_bind[i])
-            self.actors.append(RolloutActor.options(**options).remote(**kwargs))
+            spawn = lambda options=options, kwargs=kwargs: RolloutActor.options(**options).remote(**kwargs)  # noqa: E731
+            self._spawners.append(spawn)
+            self.actors.append(spawn())
         start = time.perf_counter()
         self.startup_s_per_engine = self._get(
             [a.ready.remote() for a in self.actors], startup_timeout_s, "engine start-up"
@@ -289,6 +303,27 @@ class RolloutGroup:
 
     def stats(self) -> list[dict[str, float]]:
         return self._get([a.stats.remote() for a in self.actors], None, "stats")
+
+    def recover(self, kind: str) -> str:
+        """Make every engine usable again after a fault; returns what was done.
+
+        Waits for engines Ray is restarting, replaces dead-for-good ones (same bundle,
+        same arguments), and after a timeout kills the engines first so Ray restarts
+        them. A restarted engine holds the initial weights: re-sync before generating.
+        """
+        from fgrlhf_ray.reliability import ensure_actor
+
+        done = []
+        for i, actor in enumerate(self.actors):
+            if kind == "timeout":
+                ray.kill(actor, no_restart=False)
+            self.actors[i], what = ensure_actor(actor, self._spawners[i], timeout_s=self.startup_timeout_s)
+            done.append(f"engine {i} {what}")
+        return "rollout: " + ", ".join(done)
+
+    def health(self) -> list:
+        """ObjectRefs of each engine's `health()`."""
+        return [a.health.remote() for a in self.actors]
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Stop vLLM inside each actor, then kill the actors (idempotent)."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import ray
+
+from fgrlhf_ray.reliability import actor_health, ensure_actor
 
 from fgrlhf_ray.config import RewardModelConfig
 from fgrlhf_ray.scorers import build_scorer, normalization_of, score_rollout
@@ -22,6 +26,10 @@ class ScorerActor:
 
     def score(self, rollout: RolloutBatch, start: int = 0, stop: int | None = None) -> list[SegmentRewards]:
         return score_rollout(self.scorer, rollout, start=start, stop=stop)
+
+    def health(self) -> dict:
+        """pid, resident memory, whether Ray restarted this actor (see `fgrlhf_ray.reliability`)."""
+        return actor_health()
 
 
 @ray.remote(num_cpus=0)
@@ -41,13 +49,37 @@ class ScorerGroup:
                  resources: dict | None = None) -> None:
         self.name = config.name
         self.config = config
+        # Ray restarts a crashed replica (max_restarts) but does not re-run its task
+        # (max_task_retries=0): the controller retries the phase itself, bounded and logged.
         options = dict(num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_restarts=max_restarts,
-                       max_task_retries=max_restarts, resources=resources or None, **(scheduling or {}))
+                       max_task_retries=0, resources=resources or None, **(scheduling or {}))
         token = os.environ.get(config.token_env) if config.kind == "http" else None
         if token:  # the driver's bearer token must reach the actor processes (possibly on other nodes)
             options["runtime_env"] = {"env_vars": {config.token_env: token}}
-        self.actors = [ScorerActor.options(**options).remote(config.model_dump()) for _ in
-                       range(config.num_replicas)]
+        self._options = options
+        self.actors = [self._spawn() for _ in range(config.num_replicas)]
+
+    def _spawn(self):
+        return ScorerActor.options(**self._options).remote(self.config.model_dump())
+
+    def recover(self, kind: str, *, timeout_s: float = 300.0) -> str:
+        """Make every replica usable again after a fault; returns what was done.
+
+        A replica Ray is restarting is waited for; one that is dead for good (restarts
+        exhausted, or killed) is replaced by a new actor; after a timeout ("timeout") the
+        replicas are killed first so Ray restarts them (a hung call cannot be cancelled).
+        """
+        done = []
+        for i, actor in enumerate(self.actors):
+            if kind == "timeout":
+                ray.kill(actor, no_restart=False)
+            self.actors[i], what = ensure_actor(actor, self._spawn, timeout_s=timeout_s)
+            done.append(f"replica {i} {what}")
+        return f"scorer {self.name!r}: " + ", ".join(done)
+
+    def health(self) -> list:
+        """ObjectRefs of each replica's `health()`."""
+        return [a.health.remote() for a in self.actors]
 
     def normalization(self):
         """ObjectRef of (μ, σ) from the first replica (all replicas load the same model)."""

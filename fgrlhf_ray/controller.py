@@ -15,6 +15,16 @@ With Ray a handle is an ObjectRef and the runtime is `RayRuntime` (one `ray.wait
 sweep per phase to time each participant, then one `ray.get`); in unit tests a handle is
 the value itself and `InProcessRuntime` is the identity. The controller therefore never
 imports Ray, and runs in-process with fakes.
+
+Faults. Every phase waits at most its timeout (`ray.get_timeout_s`, or
+`ray.phase_timeouts[phase]`). When a rollout engine, a scorer replica or the reference
+actor dies (or times out) mid-step, the controller logs it, waits (`RetryPolicy`:
+exponential backoff), asks the service to `recover` (Ray restarts the actor up to
+`ray.max_restarts` times; a dead-for-good actor is recreated), re-syncs the engines to
+the learner's weights if an engine was involved, and relaunches only the failed part of
+the phase — results already computed are kept. After `ray.phase_retries` failed retries,
+or when a learner rank fails (its optimizer state cannot be rebuilt mid-run), the step
+is abandoned with `PhaseFailed`; the trainer turns that into a message on how to resume.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards, token_c
 from fgrlhf_ray.config import RunConfig
 from fgrlhf_ray.metrics import MetricsLogger
 from fgrlhf_ray.prompts import PromptSampler
+from fgrlhf_ray.rng import capture_rng_state, restore_rng_state
 from fgrlhf_ray.types import Experience, RolloutBatch, SegmentRewards
 
 log = logging.getLogger(__name__)
@@ -45,8 +56,61 @@ class Runtime(Protocol):
     def put(self, value: Any) -> Handle: ...
 
     def resolve(self, handles: dict[str, Handle], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
-        """Values for every handle, and seconds until each was ready (measured from the call)."""
+        """Values for every handle, and seconds until each was ready (measured from the call).
+
+        Raises `ParticipantFailed` naming the handles that failed (or are still pending
+        at the timeout)."""
         ...
+
+    def failure_kind(self, exc: BaseException) -> str | None:
+        """"died" (an actor process died), "timeout", or None (not an infrastructure fault: a bug)."""
+        ...
+
+
+class ActorDied(RuntimeError):
+    """An actor process died (in-process fakes raise it to simulate a crash)."""
+
+
+class ParticipantFailed(RuntimeError):
+    """Some participants of a phase failed: `names` (handle names), `kind` ("died",
+    "timeout" or "error"), `cause` (the first underlying exception)."""
+
+    def __init__(self, names: Sequence[str], kind: str, cause: BaseException | None, message: str = "") -> None:
+        self.names, self.kind, self.cause = list(names), kind, cause
+        super().__init__(message or f"{', '.join(self.names)}: {kind}: {type(cause).__name__}: {cause}")
+
+
+class PhaseFailed(RuntimeError):
+    """A step had to be abandoned: a learner rank failed, or retries were exhausted.
+
+    `participant` names what failed, `learner` says whether it was the learner (whose
+    state only a checkpoint can restore)."""
+
+    def __init__(self, message: str, *, participant: str, learner: bool) -> None:
+        super().__init__(message)
+        self.participant, self.learner = participant, learner
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff: before retry k (0-based) wait
+    `min(backoff_s · 2^k, max_backoff_s)` seconds; give up after `retries` retries."""
+
+    retries: int = 2
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.backoff_s * (2.0 ** attempt), self.max_backoff_s)
+
+    def should_retry(self, attempt: int) -> bool:
+        """Whether a failure of attempt `attempt` (0 = the first try) is retried."""
+        return attempt < self.retries
+
+
+# Handle names that belong to the learner (not restartable mid-run) and to the engines.
+LEARNER_PARTICIPANTS = frozenset({"values", "learn", "learner"})
+ROLLOUT_PARTICIPANTS = frozenset({"generate", "sync", "engine"})
 
 
 class RolloutService(Protocol):
@@ -93,7 +157,20 @@ class InProcessRuntime:
         return value
 
     def resolve(self, handles: dict[str, Any], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
+        failed = [name for name, h in handles.items() if isinstance(h, BaseException)]
+        if failed:  # fakes return an exception instance as the "handle" of a failed call
+            cause = handles[failed[0]]
+            raise ParticipantFailed(failed, self.failure_kind(cause) or "error", cause)
         return dict(handles), {name: 0.0 for name in handles}
+
+    def failure_kind(self, exc: BaseException) -> str | None:
+        if isinstance(exc, ParticipantFailed):
+            return exc.kind if exc.kind != "error" else None
+        if isinstance(exc, ActorDied):
+            return "died"
+        if isinstance(exc, TimeoutError):
+            return "timeout"
+        return None
 
 
 class WeightSyncError(RuntimeError):
@@ -133,10 +210,15 @@ class PPOController:
     runtime: Runtime = field(default_factory=InProcessRuntime)
     metrics: MetricsLogger | None = None
     probe: tuple[list[int], list[int]] | None = None  # (prompt_ids, response_ids) checked after each sync
+    retry: RetryPolicy | None = None  # None: from config.ray (phase_retries, retry_backoff_s)
     step: int = 0
 
     def __post_init__(self) -> None:
         ppo = self.config.ppo
+        if self.retry is None:
+            self.retry = RetryPolicy(retries=self.config.ray.phase_retries, backoff_s=self.config.ray.retry_backoff_s)
+        self.fault_events: list[dict] = []  # every fault met and how it was handled (the run's fault log)
+        self._open_faults: list[dict] = []  # faults of the current phase not yet recovered
         self.sampler = PromptSampler(list(self.prompts), seed=self.config.seed, shuffle=self.config.data.shuffle)
         if ppo.kl_controller == "adaptive":
             self.kl_controller = AdaptiveKLController(init_kl_coef=ppo.kl_coef, target=ppo.kl_target,
@@ -161,6 +243,16 @@ class PPOController:
     def train_step(self) -> StepResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        faults_before = len(self.fault_events)
+        sampler_state = self.sampler.state_dict()
+        try:
+            return self._train_step(timings, started, faults_before)
+        except BaseException:
+            # The step is abandoned: put its prompts back so a retry or a resume sees them.
+            self.sampler.load_state_dict(sampler_state)
+            raise
+
+    def _train_step(self, timings: dict[str, float], started: float, faults_before: int) -> StepResult:
         prompts = self.sampler.next_batch(self.config.ppo.prompts_per_step)
         rollout, rollout_handle = self.generate(prompts, timings)
         verdicts, ref_logprobs, (old_logprobs, old_values) = self.score_and_evaluate(
@@ -173,6 +265,10 @@ class PPOController:
         timings["time/step"] = time.perf_counter() - started
         metrics = {**reward_stats, **learn_stats, **sync_stats, **timings, **rollout_stats(rollout),
                    "kl_coef": float(self.kl_controller.value)}
+        faults = self.fault_events[faults_before:]
+        metrics["faults/retries"] = float(len(faults))
+        if faults:
+            metrics["time/recovery"] = sum(f.get("recovered_after_s", 0.0) for f in faults)
         if self.metrics is not None:
             self.metrics.log(self.step, metrics)
         return StepResult(step=self.step, metrics=metrics, experience=experience)
@@ -183,24 +279,34 @@ class PPOController:
         """Sample responses; the batch is put in the object store once for the fan-out."""
         t0 = time.perf_counter()
         sampling = self.config.rollout.sampling
-        rollout = self.rollout.generate(
-            prompts,
-            n=sampling.n_samples_per_prompt,
-            sampling=sampling.model_dump(),
-            seed=self.config.seed * 100_003 + self.step,
-        )
+        attempt = 0
+        while True:
+            try:
+                rollout = self.rollout.generate(
+                    prompts,
+                    n=sampling.n_samples_per_prompt,
+                    sampling=sampling.model_dump(),
+                    seed=self.config.seed * 100_003 + self.step,
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - classified (and re-raised if not a fault) below
+                self._handle_fault("generate", exc, attempt, default_names=["generate"])
+                attempt += 1
+        self._phase_succeeded("generate")
         timings["time/generate"] = time.perf_counter() - t0
         return rollout, self.runtime.put(rollout)
 
     def score_and_evaluate(
         self, rollout: Handle, num_samples: int, timings: dict[str, float]
     ) -> tuple[dict[str, list[SegmentRewards]], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """All scorers, the reference policy and the learner's old logprobs/values at once."""
-        handles: dict[str, Handle] = {f"score:{s.name}": s.score(rollout, num_samples) for s in self.scorers}
-        handles["reference"] = self.reference.logprobs(rollout)
-        handles["values"] = self.learner.logprobs_and_values(rollout)
+        """All scorers, the reference policy and the learner's old logprobs/values at once.
+
+        A failed participant is relaunched alone (after recovery); finished ones are kept."""
+        launch = {f"score:{s.name}": (lambda s=s: s.score(rollout, num_samples)) for s in self.scorers}
+        launch["reference"] = lambda: self.reference.logprobs(rollout)
+        launch["values"] = lambda: self.learner.logprobs_and_values(rollout)
         t0 = time.perf_counter()
-        values, ready_after = self.runtime.resolve(handles, timeout=self.config.ray.get_timeout_s)
+        values, ready_after = self._resolve_with_retries("score", launch)
         timings["time/score_reference_values"] = time.perf_counter() - t0
         timings["time/score"] = max((t for k, t in ready_after.items() if k.startswith("score:")), default=0.0)
         timings["time/reference"] = ready_after["reference"]
@@ -245,25 +351,23 @@ class PPOController:
 
     def learn(self, experience: Experience, timings: dict[str, float]) -> dict[str, float]:
         t0 = time.perf_counter()
-        stats, _ = self.runtime.resolve({"learn": self.learner.train(self.runtime.put(experience))},
-                                        timeout=self.config.ray.get_timeout_s)
+        experience_handle = self.runtime.put(experience)
+        stats, _ = self._resolve_with_retries("learn", {"learn": lambda: self.learner.train(experience_handle)})
         timings["time/learn"] = time.perf_counter() - t0
         return dict(stats["learn"])
 
     def sync_weights(self, timings: dict[str, float]) -> dict[str, float]:
         """Push the learner's weights to every engine, then compare logprobs on the probe."""
         t0 = time.perf_counter()
-        self.runtime.resolve({"sync": self.rollout.sync_weights(self.learner.weights())},
-                             timeout=self.config.ray.get_timeout_s)
+        self._resolve_with_retries("sync", {"sync": self._push_weights})
         timings["time/sync"] = time.perf_counter() - t0
         if self.probe is None:
             return {}
         prompt_ids, response_ids = self.probe
-        got, _ = self.runtime.resolve(
-            {"engine": self.rollout.probe_logprobs(prompt_ids, response_ids),
-             "learner": self.learner.probe_logprobs(prompt_ids, response_ids)},
-            timeout=self.config.ray.get_timeout_s,
-        )
+        got, _ = self._resolve_with_retries("sync", {
+            "engine": lambda: self.rollout.probe_logprobs(prompt_ids, response_ids),
+            "learner": lambda: self.learner.probe_logprobs(prompt_ids, response_ids),
+        })
         gap = max(abs(a - b) for engine in got["engine"] for a, b in zip(engine, got["learner"], strict=True))
         tolerance = self.config.learner.sync_probe_tolerance
         log.info("weight sync: probe max |logp_vllm - logp_learner| = %.2e", gap)
@@ -274,6 +378,106 @@ class PPOController:
                 f"The engines are not running the learner's weights (a tied lm_head not included? dtype mismatch?)."
             )
         return {"sync/probe_gap": gap}
+
+    def _push_weights(self) -> Handle:
+        return self.rollout.sync_weights(self.learner.weights())
+
+    # ----------------------------------------------------------------- faults
+
+    def phase_timeout(self, phase: str) -> float:
+        """Seconds a phase may wait: `ray.phase_timeouts[phase]`, else `ray.get_timeout_s`."""
+        ray_config = self.config.ray
+        return float(ray_config.phase_timeouts.get(phase, ray_config.get_timeout_s))
+
+    def _resolve_with_retries(self, phase: str, launch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        """Launch every participant, resolve them; on a fault relaunch only the failed ones."""
+        handles: dict[str, Handle] = {}
+        attempt = 0
+        to_launch = list(launch)
+        while True:
+            try:
+                for name in to_launch:
+                    handles[name] = launch[name]()
+                values, ready_after = self.runtime.resolve(handles, timeout=self.phase_timeout(phase))
+                self._phase_succeeded(phase)
+                return values, ready_after
+            except Exception as exc:  # noqa: BLE001 - classified (and re-raised if not a fault) below
+                names = exc.names if isinstance(exc, ParticipantFailed) else list(launch)
+                self._handle_fault(phase, exc, attempt, default_names=names)
+                to_launch = [n for n in names if n in launch] or list(launch)
+                attempt += 1
+
+    def _handle_fault(self, phase: str, exc: BaseException, attempt: int, *, default_names: list[str]) -> None:
+        """Log a fault, then recover and return (the caller retries), or raise `PhaseFailed`.
+
+        Not a fault (a bug, a bad config) → re-raise `exc` unchanged."""
+        kind = self.runtime.failure_kind(exc)
+        if kind is None:
+            raise exc
+        names = exc.names if isinstance(exc, ParticipantFailed) else default_names
+        cause = exc.cause if isinstance(exc, ParticipantFailed) and exc.cause is not None else exc
+        what = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"[:300]
+        step = self.step + 1
+        learner_parts = [n for n in names if n in LEARNER_PARTICIPANTS]
+        if not learner_parts and phase == "sync" and not self._learner_alive():
+            learner_parts = ["learner"]
+        event = {"step": step, "phase": phase, "participants": names, "kind": kind, "error": what,
+                 "attempt": attempt + 1, "detected_at": time.time()}
+        self.fault_events.append(event)
+        if learner_parts:
+            event["outcome"] = "abandoned (learner)"
+            log.error("fault at step %d, phase %s: the learner failed (%s: %s); abandoning the step",
+                      step, phase, kind, what)
+            raise PhaseFailed(
+                f"step {step}, phase {phase}: a learner rank failed ({kind}: {what}); the learner's weights and "
+                f"optimizer state cannot be rebuilt mid-run", participant=",".join(learner_parts), learner=True,
+            ) from exc
+        if not self.retry.should_retry(attempt):
+            event["outcome"] = "abandoned (retries exhausted)"
+            log.error("fault at step %d, phase %s: %s still failing after %d retries (%s: %s); giving up",
+                      step, phase, ", ".join(names), self.retry.retries, kind, what)
+            raise PhaseFailed(
+                f"step {step}, phase {phase}: {', '.join(names)} still failing after {self.retry.retries} retries "
+                f"(ray.phase_retries) — last error {kind}: {what}", participant=",".join(names), learner=False,
+            ) from exc
+        delay = self.retry.delay(attempt)
+        log.warning("fault at step %d, phase %s: %s %s (%s); recovering, retry %d/%d after %.1f s backoff",
+                    step, phase, ", ".join(names), "died" if kind == "died" else "timed out", what,
+                    attempt + 1, self.retry.retries, delay)
+        time.sleep(delay)
+        recoveries = [f"{name}: {self._recover(name, kind)}" for name in names]
+        if any(n in ROLLOUT_PARTICIPANTS for n in names) and "sync" not in names:
+            # A restarted engine runs the initial weights: bring it back to the learner's.
+            self.runtime.resolve({"sync": self._push_weights()}, timeout=self.phase_timeout("sync"))
+            recoveries.append("engines re-synced to the learner's weights")
+        event["recovery"] = "; ".join(recoveries)
+        event["outcome"] = "retried"
+        self._open_faults.append(event)
+        log.warning("recovery at step %d, phase %s: %s", step, phase, event["recovery"])
+
+    def _recover(self, name: str, kind: str) -> str:
+        if name.startswith("score:"):
+            service = next(s for s in self.scorers if s.name == name.split(":", 1)[1])
+        elif name == "reference":
+            service = self.reference
+        elif name in ROLLOUT_PARTICIPANTS:
+            service = self.rollout
+        else:
+            return "no recovery hook; relaunching"
+        recover = getattr(service, "recover", None)
+        return recover(kind) if recover is not None else "no recovery hook; relaunching"
+
+    def _learner_alive(self) -> bool:
+        alive = getattr(self.learner, "alive", None)
+        return True if alive is None else bool(alive())
+
+    def _phase_succeeded(self, phase: str) -> None:
+        now = time.time()
+        for event in self._open_faults:
+            event["recovered_after_s"] = now - event["detected_at"]
+            log.warning("recovered: step %d, phase %s completed %.1f s after the fault (%s)",
+                        event["step"], phase, event["recovered_after_s"], ", ".join(event["participants"]))
+        self._open_faults.clear()
 
     def evaluate(self, prompts: Sequence[str]) -> dict[str, float]:
         """Generate once per prompt with the training sampling and report each RM's mean reward."""
@@ -295,13 +499,16 @@ class PPOController:
     # ----------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
+        """Step, prompt position, KL controller and this process's RNG states (JSON-able)."""
         return {"step": self.step, "sampler": self.sampler.state_dict(),
-                "kl_controller": self.kl_controller.state_dict()}
+                "kl_controller": self.kl_controller.state_dict(), "rng": capture_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.sampler.load_state_dict(state["sampler"])
         self.kl_controller.load_state_dict(state["kl_controller"])
+        if "rng" in state:  # checkpoints written before RNG states were saved have none
+            restore_rng_state(state["rng"])
 
 
 def assemble_experience(

@@ -18,3 +18,9 @@ class ConfigError(FgrlhfError):
 
 class DataError(FgrlhfError):
     """A malformed data file or row (the message names the file and row)."""
+
+
+class RunFailed(FgrlhfError):
+    """A training run stopped on a fault it could not recover from (the message says how to resume)."""
+
+    exit_code = 3

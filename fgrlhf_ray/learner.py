@@ -696,7 +696,10 @@ class PPOLearner:
                             "zero_stage": self.zero_stage, "lora": self.lora}, indent=2)
             )
         del policy_sd, critic_sd
-        client = {"train_steps": self.train_steps}
+        from fgrlhf_ray.rng import capture_rng_state
+
+        # Each rank's RNG states travel in its own DeepSpeed client state (dropout etc.).
+        client = {"train_steps": self.train_steps, "rng": capture_rng_state()}
         self.policy_engine.save_checkpoint(str(out / DEEPSPEED_DIR / POLICY_DIR), tag=DS_TAG, client_state=client)
         self.critic_engine.save_checkpoint(str(out / DEEPSPEED_DIR / CRITIC_DIR), tag=DS_TAG, client_state=client)
         dist.barrier()
@@ -746,6 +749,10 @@ class PPOLearner:
                     f"PPOLearner.load_checkpoint: DeepSpeed found no checkpoint under {d / DEEPSPEED_DIR / name}."
                 )
         self.train_steps = int(client.get("train_steps", meta["train_steps"]))
+        if client.get("rng"):  # checkpoints written before RNG states were saved have none
+            from fgrlhf_ray.rng import restore_rng_state
+
+            restore_rng_state(client["rng"])
         for engine in (self.policy_engine, self.critic_engine):
             engine.eval()
 

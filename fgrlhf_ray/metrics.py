@@ -45,3 +45,30 @@ def read_metrics(path: str | Path) -> list[dict]:
     """All records of a metrics.jsonl file, in order."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_after(path: str | Path, step: int) -> int:
+    """Drop the records of `path` whose step is greater than `step` (atomically); returns how many.
+
+    On resume from the checkpoint of `step`, rows of later steps belong to work that was
+    lost with the interrupted run; without them the file holds every step exactly once.
+    Blank lines and a line cut short by a kill are dropped too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = [line for line in lines if line.strip() and _step_of(line) is not None and _step_of(line) <= step]
+    dropped = len(lines) - len(keep)
+    if dropped:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        tmp.replace(path)
+    return dropped
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):  # a line cut short by a kill
+        return None

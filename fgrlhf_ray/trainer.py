@@ -19,10 +19,11 @@ from typing import Any
 
 from fgrlhf_ray import checkpoint
 from fgrlhf_ray.config import RunConfig, dump_config, load_config
-from fgrlhf_ray.controller import PPOController, ScorerSpec
-from fgrlhf_ray.errors import ConfigError, FgrlhfError
-from fgrlhf_ray.metrics import MetricsLogger
+from fgrlhf_ray.controller import ParticipantFailed, PPOController, PhaseFailed, ScorerSpec
+from fgrlhf_ray.errors import ConfigError, FgrlhfError, RunFailed
+from fgrlhf_ray.metrics import MetricsLogger, truncate_after
 from fgrlhf_ray.prompts import load_prompts
+from fgrlhf_ray.reliability import ensure_actor, failure_kind, memory_over_limit
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,10 @@ class RayRuntime:
 
     `resolve` sweeps `ray.wait` until every ref of the phase is ready, recording when
     each finished (so parallel participants get their own timing), then fetches all
-    values with a single `ray.get`. Plain values pass through as ready at 0 s.
+    values with a single `ray.get`. Plain values pass through as ready at 0 s. A
+    participant that failed (or is still pending at the timeout) raises
+    `ParticipantFailed` naming it, after the others have finished, so the controller
+    can relaunch only that one.
     """
 
     def __init__(self) -> None:
@@ -62,18 +66,35 @@ class RayRuntime:
         while pending:
             remaining = timeout - (time.perf_counter() - start)
             if remaining <= 0:
-                raise TimeoutError(
-                    f"phase did not finish within {timeout:.0f} s (ray.get_timeout_s); still waiting for: "
-                    f"{', '.join(sorted(pending))}"
+                raise ParticipantFailed(
+                    sorted(pending), "timeout", TimeoutError(f"no result within {timeout:.0f} s"),
+                    f"phase did not finish within {timeout:.0f} s (ray.get_timeout_s / ray.phase_timeouts); "
+                    f"still waiting for: {', '.join(sorted(pending))}",
                 )
             done, _ = ray.wait(list(pending.values()), num_returns=1, timeout=remaining)
             for ref in done:
                 name = by_ref[ref]
                 ready_after[name] = time.perf_counter() - start
                 pending.pop(name)
-        values = dict(zip(refs, ray.get(list(refs.values()), timeout=max(timeout - (time.perf_counter() - start), 1.0))))
+        fetch_timeout = max(timeout - (time.perf_counter() - start), 1.0)
+        try:
+            values = dict(zip(refs, ray.get(list(refs.values()), timeout=fetch_timeout)))
+        except ray.exceptions.RayError:
+            failed, first = [], None
+            for name, ref in refs.items():  # all are ready: find which ones failed
+                try:
+                    ray.get(ref, timeout=fetch_timeout)
+                except ray.exceptions.RayError as exc:
+                    failed.append(name)
+                    first = first or exc
+            if not failed:
+                raise
+            raise ParticipantFailed(failed, failure_kind(first) or "error", first) from first
         values.update({name: h for name, h in handles.items() if name not in refs})
         return values, ready_after
+
+    def failure_kind(self, exc: BaseException) -> str | None:
+        return failure_kind(exc)
 
 
 # ------------------------------------------------------------------ service adapters
@@ -84,6 +105,7 @@ class RolloutService:
     group: Any  # fgrlhf_ray.actors.rollout.RolloutGroup
     tokenizer: Any
     max_prompt_tokens: int
+    generate_timeout_s: float | None = None  # None: the group's call timeout
 
     def generate(self, prompts: list[str], *, n: int, sampling: dict, seed: int):
         # Tokenize here so the prompt cut (max_prompt_tokens, keeping the start where
@@ -92,7 +114,11 @@ class RolloutService:
         return self.group.generate(
             prompts, prompt_ids=prompt_ids, n=n, temperature=sampling["temperature"], top_k=sampling["top_k"],
             top_p=sampling["top_p"], max_new_tokens=sampling["max_new_tokens"], seed=seed,
+            timeout_s=self.generate_timeout_s,
         )
+
+    def recover(self, kind: str) -> str:
+        return self.group.recover(kind)
 
     def sync_weights(self, weights):
         return self.group.sync_weights(weights)
@@ -111,6 +137,9 @@ class ScorerService:
 
     def score(self, rollout, num_samples: int):
         return self.group.score(rollout, num_samples)
+
+    def recover(self, kind: str) -> str:
+        return self.group.recover(kind)
 
 
 @dataclass
@@ -138,15 +167,35 @@ class LearnerService:
     def load_checkpoint(self, directory: str, *, timeout_s: float):
         return self.group.load_checkpoint(directory, timeout_s=timeout_s)
 
+    def alive(self, timeout_s: float = 60.0) -> bool:
+        """Whether every learner rank still answers (after a fault whose culprit is unclear)."""
+        import ray
+
+        try:
+            ray.get([a.node_info.remote() for a in self.group.actors], timeout=timeout_s)
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+
 
 @dataclass
 class ReferenceService:
     """The controller's reference interface over one `ReferenceActor`."""
 
     actor: Any  # fgrlhf_ray.actors.reference.ReferenceActor handle
+    spawn: Any = None  # () -> a new ReferenceActor handle, to replace a dead-for-good one
+    recover_timeout_s: float = 900.0
 
     def logprobs(self, rollout):
         return self.actor.logprobs.remote(rollout)
+
+    def recover(self, kind: str) -> str:
+        import ray
+
+        if kind == "timeout":
+            ray.kill(self.actor, no_restart=False)
+        self.actor, what = ensure_actor(self.actor, self.spawn, timeout_s=self.recover_timeout_s)
+        return f"reference {what}"
 
 
 def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
@@ -229,11 +278,14 @@ def _scorer_scheduling(config: RunConfig) -> dict:
 class Trainer:
     """Owns the actor groups of one run; `run()` trains, `shutdown()` releases them."""
 
-    def __init__(self, config: RunConfig, *, resume: str | None = None, force: bool = False) -> None:
+    def __init__(self, config: RunConfig, *, resume: str | None = None, force: bool = False,
+                 config_path: str | None = None) -> None:
         self.config = config
         self.resume = resume
         self.force = force
+        self.config_path = config_path  # for the "how to resume" messages
         self._stop_requested = False
+        self._interrupts = 0
 
     # -- construction -------------------------------------------------------------------
 
@@ -277,12 +329,15 @@ class Trainer:
             setup_timeout_s=config.ray.get_timeout_s,
         )
         self.learner = LearnerService(self.learner_group, sync_dtype=config.policy.dtype)
-        self.reference_actor = ReferenceActor.options(
-            num_cpus=1, max_restarts=config.ray.max_restarts, max_task_retries=config.ray.max_restarts,
+        # Ray restarts crashed actors (max_restarts) without re-running their tasks: the
+        # controller retries the phase itself (ray.phase_retries), logging each fault.
+        spawn_reference = lambda: ReferenceActor.options(  # noqa: E731
+            num_cpus=1, max_restarts=config.ray.max_restarts, max_task_retries=0,
             runtime_env={"env_vars": dict(ACTOR_ENV)},
         ).remote(num_threads=1, model_path=policy_path, dtype=config.policy.dtype,
                  micro_batch_size=config.learner.micro_batch_size, pad_token_id=pad_token_id)
-        self.reference = ReferenceService(self.reference_actor)
+        self.reference = ReferenceService(spawn_reference(), spawn=spawn_reference,
+                                          recover_timeout_s=config.ray.get_timeout_s)
         self.scorer_groups = [
             ScorerGroup(config=rm, max_restarts=config.ray.max_restarts, resources=config.ray.scorer_resources)
             for rm in config.reward_models
@@ -302,6 +357,7 @@ class Trainer:
             num_gpus=rollout.num_gpus_per_engine,
             env_vars={**ACTOR_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(rollout.kv_cache_space_gib)))},
             call_timeout_s=config.ray.get_timeout_s,
+            max_restarts=config.ray.max_restarts,
         )
         normalizations = ray.get([g.normalization() for g in self.scorer_groups], timeout=config.ray.get_timeout_s)
         self.startup_s = time.perf_counter() - t0
@@ -317,7 +373,8 @@ class Trainer:
         self.controller = PPOController(
             config=config,
             prompts=prompts,
-            rollout=RolloutService(self.rollout, tokenizer, config.data.max_prompt_tokens),
+            rollout=RolloutService(self.rollout, tokenizer, config.data.max_prompt_tokens,
+                                   generate_timeout_s=config.ray.phase_timeouts.get("generate")),
             scorers=[ScorerService(g) for g in self.scorer_groups],
             scorer_specs=specs,
             reference=self.reference,
@@ -339,7 +396,7 @@ class Trainer:
         root = config.checkpoint_dir()
         step = self.controller.step
         tmp = checkpoint.begin(root, step)
-        ray.get(self.learner.save_checkpoint(str(tmp)), timeout=config.ray.get_timeout_s)
+        ray.get(self.learner.save_checkpoint(str(tmp)), timeout=self.controller.phase_timeout("checkpoint"))
         final = checkpoint.commit(root, tmp, step, controller_state=self.controller.state_dict(),
                                   config_yaml=dump_config(config), keep_last=config.checkpoint.keep_last)
         log.info("checkpoint: %s", final)
@@ -354,12 +411,17 @@ class Trainer:
         import yaml
 
         root = self.config.checkpoint_dir()
+        # auto: the newest *valid* checkpoint; half-written or corrupt ones are skipped with a warning.
         target = checkpoint.latest_checkpoint(root) if self.resume == "auto" else Path(self.resume)
         if target is None:
             log.info("resume=auto: no checkpoint under %s, starting from scratch", root)
             return None
         if not (target / "controller.json").is_file() or not (target / "config.yaml").is_file():
             raise FgrlhfError(f"--resume {target}: not a complete checkpoint (no controller.json / config.yaml)")
+        problem = checkpoint.checkpoint_problem(target)
+        if problem:
+            raise FgrlhfError(f"--resume {target}: the checkpoint is damaged ({problem}); pass an older one, "
+                              f"or --resume auto to use the newest valid one")
         saved = yaml.safe_load((target / "config.yaml").read_text())
         mismatch = _incompatible(saved, self.config.model_dump(mode="json"))
         if mismatch and not self.force:
@@ -371,10 +433,16 @@ class Trainer:
         """Load learner and controller state from `target`; returns its step."""
         import json
 
-        self.learner.load_checkpoint(str(target), timeout_s=self.config.ray.get_timeout_s)
+        self.learner.load_checkpoint(str(target), timeout_s=self.controller.phase_timeout("checkpoint"))
         self.controller.load_state_dict(json.loads((target / "controller.json").read_text()))
         # The engines still hold the initial policy: bring them to the checkpoint's weights.
         self.controller.sync_weights({})
+        # Steps after the checkpoint were lost with the interrupted run: drop their metric
+        # rows so the file holds each step once (the earlier rows stay; new ones append).
+        dropped = truncate_after(Path(self.config.logging.dir) / "metrics.jsonl", self.controller.step)
+        if dropped:
+            log.warning("resume: dropped %d metrics row(s) of step(s) after %d, lost with the interrupted run",
+                        dropped, self.controller.step)
         log.info("resumed from %s at step %d", target, self.controller.step)
         return self.controller.step
 
@@ -392,14 +460,23 @@ class Trainer:
         every = config.checkpoint.every
         history: list[dict] = []
         saved_step: int | None = None
-        previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        # SIGTERM / first Ctrl-C: finish the current step, checkpoint, exit; a second
+        # Ctrl-C abandons the step (the last checkpoint stays valid: saves are atomic).
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with tqdm(total=total, initial=controller.step, desc="ppo", unit="step", dynamic_ncols=True) as bar:
                 while controller.step < total and not self._stop_requested:
-                    result = controller.train_step()
+                    try:
+                        result = controller.train_step()
+                    except PhaseFailed as exc:
+                        if not exc.learner and history and saved_step != controller.step:
+                            self.save_checkpoint()  # the learner is fine: keep the finished steps
+                        raise RunFailed(self._failure_message(exc)) from exc
                     m = result.metrics
                     if config.logging.eval_every and self.dev_prompts and result.step % config.logging.eval_every == 0:
                         m.update(self.evaluate())
+                    if config.ray.memory_limit_gib:
+                        m.update(self.check_memory())
                     history.append(m)
                     bar.set_postfix(reward=f"{m['reward/total_mean']:.3f}", kl=f"{m['kl']:.3f}",
                                     s_per_step=f"{m['time/step']:.1f}")
@@ -411,17 +488,75 @@ class Trainer:
                 log.warning("stop requested: saving a checkpoint at step %d", controller.step)
             if history and saved_step != controller.step:
                 self.save_checkpoint()
+            if self._stop_requested and controller.step < total:
+                log.warning("stopped at step %d of %d; resume with: %s", controller.step, total, self._resume_command())
         finally:
-            signal.signal(signal.SIGTERM, previous_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._write_fault_log()
             if controller.metrics is not None:
                 controller.metrics.close()
         return history
+
+    def _resume_command(self) -> str:
+        return f"fgrlhf train --config {self.config_path or 'FILE'} --resume auto"
+
+    def _failure_message(self, exc: PhaseFailed) -> str:
+        last = checkpoint.latest_checkpoint(self.config.checkpoint_dir(), warn=lambda _: None)
+        where = f"the last complete checkpoint is {last}" if last else "no checkpoint was written yet"
+        return (f"run stopped: {exc}. Nothing after the last checkpoint is kept; {where}. "
+                f"Resume with: {self._resume_command()}")
+
+    def _write_fault_log(self) -> None:
+        """Append this run's fault events to `<logging.dir>/faults.jsonl` (one JSON per fault)."""
+        import json
+
+        events = getattr(getattr(self, "controller", None), "fault_events", [])
+        if not events:
+            return
+        with (Path(self.config.logging.dir) / "faults.jsonl").open("a", encoding="utf-8") as f:
+            for event in events:
+                f.write(json.dumps(event) + "\n")
+
+    def actor_handles(self) -> dict[str, Any]:
+        """Every actor of the run by name (rollout engines, scorer replicas, reference, learner ranks)."""
+        handles = {f"rollout/{i}": a for i, a in enumerate(self.rollout.actors)}
+        for group in self.scorer_groups:
+            handles.update({f"scorer/{group.name}/{i}": a for i, a in enumerate(group.actors)})
+        handles["reference"] = self.reference.actor
+        handles.update({f"learner/{i}": a for i, a in enumerate(self.learner_group.actors)})
+        return handles
+
+    def check_memory(self) -> dict[str, float]:
+        """Resident memory of every actor; warns about those over `ray.memory_limit_gib`."""
+        import ray
+
+        handles = self.actor_handles()
+        refs = {name: a.health.remote() for name, a in handles.items()}
+        reports = {}
+        for name, ref in refs.items():
+            try:
+                reports[name] = ray.get(ref, timeout=60)
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                log.warning("memory check: %s did not answer (%s)", name, type(exc).__name__)
+        over = memory_over_limit(reports, self.config.ray.memory_limit_gib)
+        for name, gib in over.items():
+            log.warning("memory: actor %s (pid %s) uses %.2f GiB, over ray.memory_limit_gib=%g", name,
+                        reports[name]["pid"], gib, self.config.ray.memory_limit_gib)
+        return {"memory/max_actor_rss_gib": max((r["rss_bytes"] / 2**30 for r in reports.values()), default=0.0),
+                "memory/over_limit": float(len(over))}
 
     def evaluate(self) -> dict[str, float]:
         """Mean reward of each RM on the dev prompts (one sample each, training sampling)."""
         return self.controller.evaluate(self.dev_prompts)
 
     def _request_stop(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt  # second Ctrl-C: abandon the step now
+        log.warning("%s received: finishing the current step, then checkpointing and stopping "
+                    "(Ctrl-C again to abandon the step)", signal.Signals(signum).name)
         self._stop_requested = True
 
     def shutdown(self) -> None:
@@ -451,7 +586,7 @@ def _incompatible(saved: dict, current: dict) -> str | None:
 def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, args.overrides)
-    trainer = Trainer(config, resume=args.resume, force=args.force)
+    trainer = Trainer(config, resume=args.resume, force=args.force, config_path=args.config)
     try:
         history = trainer.run()
     except KeyboardInterrupt:
