@@ -275,52 +275,51 @@ def _write_atomic(path: Path, text: str) -> None:
 # ------------------------------------------------------------------ CLI
 
 
-def _validated(model_cls, data: dict):
-    """`model_cls(**data)`, a `ConfigError` listing each problem (not pydantic's text) if invalid."""
-    from pydantic import ValidationError
-
-    try:
-        return model_cls.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise ConfigError(problems) from None
+def _flag(key: str, value: Any) -> str:
+    """A `--set`-style override for a command-line flag (JSON is valid YAML: paths stay strings)."""
+    return f"{key}={json.dumps(value)}"
 
 
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    """The eval config: `--config` (or defaults) + `--set`, then the explicit flags."""
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The explicit flags as overrides. They are applied before the user's `--set`s and
+    validated together with them, so `--toxicity URL --set toxicity.threshold=0.3` works."""
     from fgrlhf_ray.config import load_config
 
-    config = load_eval_config(args.config, args.overrides)
+    out: list[str] = []
     if args.policy:
-        config.policy.model_path = args.policy
+        out.append(_flag("policy.model_path", args.policy))
     if args.data:
-        config.data.file = args.data
+        out.append(_flag("data.file", args.data))
     if args.limit:
-        config.data.limit = args.limit
+        out.append(_flag("data.limit", args.limit))
     if args.samples:
-        config.rollout.sampling.n_samples_per_prompt = args.samples
+        out.append(_flag("rollout.sampling.n_samples_per_prompt", args.samples))
     if args.reward_config:
         run = load_config(args.reward_config)  # a run config, or a file holding just `reward_models:`
         weights = run.effective_reward_weights()
-        config.reward_models = [rm.model_copy(update={"weight": weights[rm.name]}) for rm in run.reward_models]
+        rms = [rm.model_dump(mode="json", exclude_unset=True) | {"weight": weights[rm.name]}
+               for rm in run.reward_models]
+        out.append(_flag("reward_models", rms))
     if args.reference_lm:
-        config.perplexity.reference_lm = args.reference_lm
-    if args.preference_rm or args.reference_outputs or args.reference_policy:
-        from fgrlhf_ray.evaluation.config import WinRateConfig
-
-        update = {k: v for k, v in (("preference_rm", args.preference_rm),
-                                    ("reference_outputs", args.reference_outputs),
-                                    ("reference_policy", args.reference_policy)) if v}
-        config.win_rate = _validated(WinRateConfig, {**config.win_rate.model_dump(), **update})
+        out.append(_flag("perplexity.reference_lm", args.reference_lm))
+    for key in ("preference_rm", "reference_outputs", "reference_policy"):
+        if getattr(args, key):
+            out.append(_flag(f"win_rate.{key}", getattr(args, key)))
+    if args.reference_outputs:
+        out.append(_flag("win_rate.reference_policy", None))
+    if args.reference_policy:
+        out.append(_flag("win_rate.reference_outputs", None))
     if args.toxicity:
-        from fgrlhf_ray.evaluation.config import ToxicityEvalConfig
-
-        source = "target" if args.toxicity.startswith(("http://", "https://")) else "path"
-        base = config.toxicity.model_dump(exclude={"path", "target"}) if config.toxicity else {}
-        config.toxicity = _validated(ToxicityEvalConfig, {**base, source: args.toxicity})
+        source, other = ("target", "path") if args.toxicity.startswith(("http://", "https://")) else ("path", "target")
+        out += [_flag(f"toxicity.{source}", args.toxicity), _flag(f"toxicity.{other}", None)]
     if args.out:
-        config.output = args.out
-    return config
+        out.append(_flag("output", args.out))
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The eval config: `--config` (or defaults), then the explicit flags, then `--set`."""
+    return load_eval_config(args.config, flag_overrides(args) + list(args.overrides))
 
 
 def _eval(args: argparse.Namespace) -> int:

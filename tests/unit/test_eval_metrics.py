@@ -291,3 +291,57 @@ def test_reference_lm_nll_matches_a_per_token_loop_and_ignores_batching(llama):
     [(s, n)] = short.nll([prompts[2]], [responses[2]])
     r_ids = short.tokenizer(responses[2], add_special_tokens=False)["input_ids"]
     assert n == min(len(r_ids), 7) and math.isfinite(s) and s > 0
+
+
+# ------------------------------------------------------------------ CLI: bad inputs fail before any cluster starts
+
+
+def test_eval_cli_bad_inputs_are_clear_errors(tmp_path, capsys):
+    """Exit 2, a one-line reason, no traceback, nothing written; Ray is never started."""
+    from fgrlhf_ray.cli import main
+
+    data = tmp_path / "dev.jsonl"
+    data.write_text('{"prompt": "q"}\n{"prompt": 3}\n')
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    out = tmp_path / "r.json"
+    cases = [
+        (["--policy", str(tmp_path / "nope"), "--data", str(data)], "--policy (policy.model_path): folder not found"),
+        (["--policy", str(policy), "--data", str(data)], "dev.jsonl:2: the prompt ('prompt') must be a non-empty"),
+        (["--policy", str(policy), "--data", str(tmp_path / "missing.jsonl")], "--data (data.file): file not found"),
+        (["--policy", str(policy), "--data", str(data), "--preference-rm", str(policy)],
+         "win_rate: with preference_rm, give exactly one of reference_outputs or reference_policy"),
+        (["--policy", str(policy), "--data", str(data), "--toxicity", str(tmp_path / "noclf")],
+         "--toxicity (toxicity.path): folder not found"),
+        (["--policy", str(policy), "--data", str(data), "--reward-config", str(tmp_path / "no.yaml")],
+         "config file not found"),
+        (["--policy", str(policy), "--data", str(data), "--set", "rollout.sampling.temprature=1"],
+         "unknown field — did you mean `temperature`?"),
+    ]
+    for args, message in cases:
+        assert main(["eval", *args, "--out", str(out), "--no-progress"]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+    assert not out.exists()
+
+
+def test_eval_flags_and_set_combine(tmp_path):
+    """Flags are applied before `--set`, so both can touch the same section."""
+    import argparse
+
+    from fgrlhf_ray.cli import build_parser
+    from fgrlhf_ray.evaluation.runner import config_from_args
+
+    rms = tmp_path / "rms.yaml"
+    rms.write_text("preset: short\nreward_models:\n"
+                   "  - {name: relevance, kind: function, density: sentence, target: 'm:f', weight: 0.3}\n")
+    args = build_parser().parse_args([
+        "eval", "--policy", "p", "--data", "d.jsonl", "--toxicity", "http://127.0.0.1:9", "--samples", "3",
+        "--reward-config", str(rms), "--set", "toxicity.threshold=0.3", "--set", "rollout.sampling.top_p=0.9"])
+    assert isinstance(args, argparse.Namespace)
+    cfg = config_from_args(args)
+    assert cfg.toxicity.target == "http://127.0.0.1:9" and cfg.toxicity.path is None and cfg.toxicity.threshold == 0.3
+    assert cfg.rollout.sampling.n_samples_per_prompt == 3 and cfg.rollout.sampling.top_p == 0.9
+    [rm] = cfg.reward_models
+    assert rm.name == "relevance" and rm.weight == 0.4  # the run config's preset weight carries over
+    assert cfg.policy.model_path == "p" and cfg.data.file == "d.jsonl"
