@@ -62,6 +62,10 @@ def _init_ray(config: EvalConfig) -> bool:
         return False
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": dict(ACTOR_ENV)}
+    tox = config.toxicity
+    if tox is not None and tox.target and os.environ.get(tox.token_env):
+        # The toxicity API key must reach the scorer actor, possibly on another node.
+        runtime_env["env_vars"][tox.token_env] = os.environ[tox.token_env]
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
