@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fgrlhf_ray.errors import ConfigError, DataError
+from fgrlhf_ray.errors import ConfigError, DataError, FgrlhfError
 from fgrlhf_ray.evaluation.config import EvalConfig, load_eval_config
 from fgrlhf_ray.evaluation.data import load_eval_items, load_reference_outputs
 from fgrlhf_ray.evaluation.report import RMSpec, format_metrics, summarize
@@ -104,6 +104,17 @@ def _wait_all(refs: dict[str, list], *, timeout: float, bar: _Bar) -> dict[str, 
         done, pending = ray.wait(pending, num_returns=1, timeout=remaining)
         bar.update(len(done))
     return {name: ray.get(rs) for name, rs in refs.items()}
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """The `FgrlhfError` behind a Ray task/actor error (CLI prints it without a traceback), else `exc`."""
+    cause = exc
+    for _ in range(5):  # RayTaskError(.cause) chains, e.g. a task whose argument came from a failed task
+        inner = getattr(cause, "cause", None)
+        if not isinstance(inner, BaseException) or inner is cause:
+            break
+        cause = inner
+    return cause if isinstance(cause, FgrlhfError) else exc
 
 
 def _concat(parts: list[list]) -> list:
@@ -227,6 +238,10 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
         results = _wait_all(score_refs, timeout=config.get_timeout_s, bar=bar)
         bar.close()
         score_s = time.perf_counter() - t_score
+    except Exception as exc:
+        # A user error raised inside an actor (a refused API key, a bad model folder) arrives
+        # wrapped in Ray's RayTaskError with the remote traceback: show the plain message.
+        raise user_error(exc) from None
     finally:
         for group in groups:
             group.shutdown()

@@ -345,3 +345,21 @@ def test_eval_flags_and_set_combine(tmp_path):
     [rm] = cfg.reward_models
     assert rm.name == "relevance" and rm.weight == 0.4  # the run config's preset weight carries over
     assert cfg.policy.model_path == "p" and cfg.data.file == "d.jsonl"
+
+
+def test_user_errors_raised_in_actors_are_unwrapped():
+    """A refused API key inside a scorer actor reaches the CLI as its own message, not Ray's traceback."""
+    import ray.exceptions as rex
+
+    from fgrlhf_ray.evaluation.runner import user_error
+    from fgrlhf_ray.rewards.toxicity import ToxicityApiError
+
+    cause = ToxicityApiError("toxicity API http://x → 403: API key not valid.")
+    wrapped = rex.RayTaskError("ScorerActor.score", "Traceback (most recent call last): ...", cause)
+    for exc in (wrapped, wrapped.as_instanceof_cause()):
+        out = user_error(exc)
+        assert out is cause and "Traceback" not in str(out)
+    bug = rex.RayTaskError("f", "Traceback ...", ZeroDivisionError("x"))
+    assert user_error(bug) is bug  # bugs keep their traceback
+    plain = ValueError("x")
+    assert user_error(plain) is plain
