@@ -168,7 +168,8 @@ class EvalConfig(StrictModel):
     """Prompts per generation round (the progress bar advances per round; scoring overlaps generation)."""
 
     ray_address: str | None = None
-    """Cluster to join; null = `RAY_ADDRESS` if set, else a local cluster."""
+    """Cluster to join (`auto`: the `ray start` cluster on this machine); null = `RAY_ADDRESS` if set, else a
+    fresh local cluster of this run's own."""
 
     get_timeout_s: float = Field(1800.0, gt=0.0)
     """Timeout of each wait on engines, scorers and the perplexity task."""

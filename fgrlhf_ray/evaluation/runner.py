@@ -70,7 +70,11 @@ def _init_ray(config: EvalConfig) -> bool:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         num_cpus = max(math.ceil(required_cpus(config)), os.cpu_count() or 1)
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+        # address="local": always a fresh cluster of our own, even when a `ray start` cluster runs
+        # on this machine (plain ray.init() would silently join that one). Join it with
+        # ray_address: auto (or RAY_ADDRESS=auto).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=True)
     return True
 
 
