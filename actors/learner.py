@@ -97,6 +97,11 @@ def _first(*values: Any) -> Any:
 # --------------------------------------------------------------------------- actor
 
 
+# No call waits forever: the default bound of every blocking LearnerGroup call (callers pass
+# their phase timeout; None still means no limit).
+CALL_TIMEOUT_S = 1800.0
+
+
 @ray.remote
 class LearnerActor:
     """One learner rank. Construct, then call `setup` on all ranks concurrently."""
@@ -307,7 +312,7 @@ class LearnerGroup:
         parts = [a.compute_logprobs_and_values.remote(s) for a, s in zip(self.actors, self.shard(batch_ref))]
         return concat_logprobs_and_values.remote(*parts)
 
-    def compute_logprobs_and_values(self, batch_ref: Any, *, timeout_s: float | None = None):
+    def compute_logprobs_and_values(self, batch_ref: Any, *, timeout_s: float | None = CALL_TIMEOUT_S):
         return ray.get(self.compute_logprobs_and_values_async(batch_ref), timeout=timeout_s)
 
     def train_async(self, experience_ref: Any) -> ray.ObjectRef:
@@ -315,7 +320,7 @@ class LearnerGroup:
         rows = [a.train_step.remote(s) for a, s in zip(self.actors, self.shard(experience_ref))]
         return _mean_stats_task.remote(*rows)
 
-    def train(self, experience_ref: Any, *, timeout_s: float | None = None) -> dict[str, float]:
+    def train(self, experience_ref: Any, *, timeout_s: float | None = CALL_TIMEOUT_S) -> dict[str, float]:
         """One PPO update over the whole Experience; rank-averaged stats."""
         rows = ray.get(
             [a.train_step.remote(s) for a, s in zip(self.actors, self.shard(experience_ref))], timeout=timeout_s
@@ -328,7 +333,7 @@ class LearnerGroup:
         """ObjectRef of rank 0's full HF state dict (all ranks take part under ZeRO-3)."""
         return [a.state_dict_for_sync.remote() for a in self.actors][0]
 
-    def state_dict_for_sync(self, *, timeout_s: float | None = None) -> dict[str, torch.Tensor]:
+    def state_dict_for_sync(self, *, timeout_s: float | None = CALL_TIMEOUT_S) -> dict[str, torch.Tensor]:
         refs = [a.state_dict_for_sync.remote() for a in self.actors]
         return ray.get(refs, timeout=timeout_s)[0]
 
@@ -340,13 +345,13 @@ class LearnerGroup:
         return [a.probe_logprobs.remote(list(prompt_ids), list(response_ids)) for a in self.actors][0]
 
     def probe_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int], *,
-                       timeout_s: float | None = None) -> list[float]:
+                       timeout_s: float | None = CALL_TIMEOUT_S) -> list[float]:
         refs = [a.probe_logprobs.remote(list(prompt_ids), list(response_ids)) for a in self.actors]
         return ray.get(refs, timeout=timeout_s)[0]
 
     def weight_broadcast_address(self) -> tuple[str, int]:
         """(host, port) for the weight-broadcast group: rank 0's node and a free port there."""
-        return ray.get(self.actors[0].broadcast_address.remote())
+        return ray.get(self.actors[0].broadcast_address.remote(), timeout=CALL_TIMEOUT_S)
 
     def init_weight_broadcast_async(self, *, host: str, port: int, world_size: int, backend: str = "nccl",
                                     bucket_bytes: int = 256 * 1024**2, timeout_s: float = 300.0,
@@ -358,7 +363,7 @@ class LearnerGroup:
             timeout_s=timeout_s, dtype=dtype,
         )
 
-    def prepare_weight_broadcast(self, *, timeout_s: float | None = None) -> list:
+    def prepare_weight_broadcast(self, *, timeout_s: float | None = CALL_TIMEOUT_S) -> list:
         """Gather the weights (all ranks under ZeRO-3); rank 0 keeps them and returns the bucket plan.
 
         Then: `refs = rollout.receive_weight_broadcast_async(plan)`,
@@ -370,7 +375,7 @@ class LearnerGroup:
         return self.actors[0].broadcast_weights.remote(plan)
 
     def close_weight_broadcast(self) -> None:
-        ray.get(self.actors[0].close_weight_broadcast.remote())
+        ray.get(self.actors[0].close_weight_broadcast.remote(), timeout=CALL_TIMEOUT_S)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -379,14 +384,14 @@ class LearnerGroup:
         refs = [a.save_checkpoint.remote(str(directory)) for a in self.actors]
         return _first.remote(*refs)
 
-    def save_checkpoint(self, directory: str, *, timeout_s: float | None = None) -> str:
+    def save_checkpoint(self, directory: str, *, timeout_s: float | None = CALL_TIMEOUT_S) -> str:
         return ray.get([a.save_checkpoint.remote(str(directory)) for a in self.actors], timeout=timeout_s)[0]
 
-    def load_checkpoint(self, directory: str, *, timeout_s: float | None = None) -> None:
+    def load_checkpoint(self, directory: str, *, timeout_s: float | None = CALL_TIMEOUT_S) -> None:
         ray.get([a.load_checkpoint.remote(str(directory)) for a in self.actors], timeout=timeout_s)
 
     def param_fingerprints(self) -> list[list[float]]:
-        return ray.get([a.param_fingerprint.remote() for a in self.actors])
+        return ray.get([a.param_fingerprint.remote() for a in self.actors], timeout=CALL_TIMEOUT_S)
 
     def shutdown(self) -> None:
         for a in self.actors:

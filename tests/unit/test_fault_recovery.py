@@ -155,3 +155,33 @@ def test_fakes_still_satisfy_the_plain_protocols():
     for fake in (FakeRollout(calls), FakeSentenceScorer(calls), FakeSequenceScorer(calls), FakeReference(calls),
                  FakeLearner(calls)):
         assert not hasattr(fake, "recover")
+
+
+def test_first_ctrl_c_finishes_the_step_second_abandons_it(tmp_path):
+    import signal
+
+    from fgrlhf_ray.trainer import Trainer
+
+    trainer = Trainer(build(tmp_path, Calls())[0].config)
+    trainer._request_stop(signal.SIGTERM, None)
+    assert trainer._stop_requested
+    trainer = Trainer(build(tmp_path, Calls())[0].config)
+    trainer._request_stop(signal.SIGINT, None)
+    assert trainer._stop_requested
+    with pytest.raises(KeyboardInterrupt):
+        trainer._request_stop(signal.SIGINT, None)
+
+
+def test_run_failure_message_names_the_checkpoint_and_the_resume_command(tmp_path):
+    from fgrlhf_ray import checkpoint
+    from fgrlhf_ray.trainer import Trainer
+
+    config = build(tmp_path, Calls())[0].config
+    config.logging.dir = str(tmp_path / "run")
+    trainer = Trainer(config, config_path="qa.yaml")
+    exc = PhaseFailed("step 3, phase learn: a learner rank failed", participant="learn", learner=True)
+    assert "no checkpoint was written yet" in trainer._failure_message(exc)
+    tmp = checkpoint.begin(config.checkpoint_dir(), 2)
+    checkpoint.commit(config.checkpoint_dir(), tmp, 2, controller_state={"step": 2}, config_yaml="", keep_last=2)
+    message = trainer._failure_message(exc)
+    assert "step_000002" in message and "fgrlhf train --config qa.yaml --resume auto" in message
