@@ -241,7 +241,10 @@ def init_ray(config: RunConfig) -> None:
     # Local cluster: logical CPUs sized to the actor groups so the run schedules on a
     # small laptop too; the OS shares the real cores between them.
     num_cpus = max(int(required_cpus(config) + 0.999), os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+    # address="local": start our own cluster even if `ray start` left one on this machine
+    # (a bare ray.init() would join it, and then refuse num_cpus).
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+             log_to_driver=True)
 
 
 def _placement(config: RunConfig):

@@ -50,6 +50,9 @@ def ray_local():
         yield ray
         return
     ray.init(
+        # Always a fresh cluster of our own: a bare ray.init() would join any cluster that
+        # `ray start` left on this machine (a developer's, or a job-submission test's).
+        address="local",
         num_cpus=int(os.environ.get("FGRLHF_TEST_RAY_CPUS", "4")),
         include_dashboard=False,
         object_store_memory=512 * 1024**2,
