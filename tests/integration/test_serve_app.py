@@ -538,3 +538,51 @@ def test_training_scorer_actor_with_served_model_equals_in_process(served, local
     for i, (r, l) in enumerate(zip(got, local)):
         assert_same_segments(r.segments, l, where=f"{kind} item {i}")
     assert mean_std == NORMS["relevance"][1:]
+
+
+def test_fgrlhf_train_two_steps_against_served_models(served, tiny_llama_dir, tmp_path):
+    """`fgrlhf train` (the real CLI, a separate driver joining this test's cluster through
+    RAY_ADDRESS, as `ray job submit` would) runs 2 PPO steps whose rewards come from the
+    served models: relevance through a `serve` scorer (DeploymentHandle, no HTTP) and
+    completeness through an `http` scorer (/v1/score with the bearer token)."""
+    import json
+    import subprocess
+    import sys
+
+    import ray
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"text": p}) + "\n" for p in PROMPTS))
+    config = {
+        "seed": 1,
+        "policy": {"model_path": str(tiny_llama_dir)},
+        "rollout": {"num_engines": 1, "num_cpus_per_engine": 0.5, "max_model_len": 256, "kv_cache_space_gib": 1,
+                    "sampling": {"max_new_tokens": 12, "n_samples_per_prompt": 2, "temperature": 1.0}},
+        "reward_models": [
+            {"name": "relevance", "kind": "serve", "target": f"{APP}/relevance", "density": "sub_sentence",
+             "weight": 0.3, "num_cpus": 0},
+            {"name": "completeness", "kind": "http", "target": f"{served.url}#completeness", "density": "sequence",
+             "weight": 0.3, "num_cpus": 0, "token_env": TOKEN_ENV},
+        ],
+        "ppo": {"total_steps": 2, "prompts_per_step": 2, "ppo_epochs": 1, "minibatch_size": 4},
+        "learner": {"micro_batch_size": 4, "zero_stage": 0, "num_cpus_per_rank": 0.5},
+        "data": {"train_file": str(prompts), "format": "jsonl", "max_prompt_tokens": 64},
+        "logging": {"dir": str(tmp_path / "run"), "tensorboard": False},
+        "checkpoint": {"every": 0},
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, TOKEN_ENV: TOKEN}
+    result = subprocess.run([sys.executable, "-m", "fgrlhf_ray.cli", "train", "--config", str(path)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    rows = [r for r in rows if "reward/total_mean" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        # Each served model's rewards reached the trainer: real segments, finite means.
+        assert row["reward/relevance/segments"] > 0 and row["reward/completeness/segments"] == 1.0
+        assert all(map(lambda k: abs(row[k]) < 1e6, ("reward/relevance/mean", "reward/completeness/mean")))
+        assert row["sync/probe_gap"] <= 1e-2
+    valid_request_succeeds(httpx.Client(base_url=served.url, timeout=60.0, headers=AUTH))  # the app still serves
