@@ -11,7 +11,7 @@ import ray
 from fgrlhf_ray.reliability import actor_health, ensure_actor
 
 from fgrlhf_ray.config import RewardModelConfig
-from fgrlhf_ray.scorers import build_scorer, normalization_of, score_rollout
+from fgrlhf_ray.scorers import build_scorer, credential_env_var, normalization_of, score_rollout
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
 
 
@@ -53,9 +53,10 @@ class ScorerGroup:
         # (max_task_retries=0): the controller retries the phase itself, bounded and logged.
         options = dict(num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_restarts=max_restarts,
                        max_task_retries=0, resources=resources or None, **(scheduling or {}))
-        token = os.environ.get(config.token_env) if config.kind == "http" else None
-        if token:  # the driver's bearer token must reach the actor processes (possibly on other nodes)
-            options["runtime_env"] = {"env_vars": {config.token_env: token}}
+        secret_var = credential_env_var(config)
+        secret = os.environ.get(secret_var) if secret_var else None
+        if secret:  # the driver's token / API key must reach the actor processes (possibly on other nodes)
+            options["runtime_env"] = {"env_vars": {secret_var: secret}}
         self._options = options
         self.actors = [self._spawn() for _ in range(config.num_replicas)]
 

@@ -12,6 +12,21 @@ from fgrlhf_ray.errors import ConfigError
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
 
 
+def credential_env_var(config: RewardModelConfig) -> str | None:
+    """The driver's environment variable holding this scorer's credential, if it has one.
+
+    Scorer actors may run on other nodes, which do not share the driver's environment:
+    the actor group forwards this variable's value into their runtime env.
+    """
+    if config.kind == "http":
+        return config.token_env
+    if config.kind == "toxicity" and config.target:
+        from fgrlhf_ray.rewards.toxicity import api_key_env
+
+        return api_key_env(config)
+    return None
+
+
 def build_scorer(config: RewardModelConfig):
     """Instantiate the scorer described by `config` in this process."""
     if config.kind in ("segment_classifier", "sequence_preference", "token_level"):

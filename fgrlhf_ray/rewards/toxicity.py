@@ -263,17 +263,23 @@ class PerspectiveClient:
 # ----------------------------------------------------------------- scorer from config
 
 
+def api_key_env(config: Any) -> str:
+    """The environment variable holding the API key of a `kind: toxicity` scorer with a `target`.
+
+    The API key is not the bearer token of `fgrlhf serve`: unless the config names another
+    variable than that default, read PERSPECTIVE_API_KEY, so a serve token never goes to a
+    third party. (Compared by value, not `model_fields_set`: scorer actors receive the
+    config as a full dump, where every field counts as set.)
+    """
+    serve_default = type(config).model_fields["token_env"].default
+    return config.token_env if config.token_env != serve_default else DEFAULT_KEY_ENV
+
+
 def toxicity_function(config: Any) -> Callable[[list[str]], list[float]]:
     """The P(texts) a `kind: toxicity` reward-model config describes (path → HF, target → HTTP)."""
     if config.path:
         return hf_toxicity_classifier(config.path, batch_size=config.batch_size)
-    # The API key is not the bearer token of `fgrlhf serve`: unless the config names another
-    # variable than that default, read PERSPECTIVE_API_KEY, so a serve token never goes to a
-    # third party. (Compared by value, not `model_fields_set`: scorer actors receive the
-    # config as a full dump, where every field counts as set.)
-    serve_default = type(config).model_fields["token_env"].default
-    key_env = config.token_env if config.token_env != serve_default else DEFAULT_KEY_ENV
-    return PerspectiveClient(url=config.target, key_env=key_env, requests_per_second=config.requests_per_second,
+    return PerspectiveClient(url=config.target, key_env=api_key_env(config), requests_per_second=config.requests_per_second,
                              max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
                              max_retries=config.max_retries)
 

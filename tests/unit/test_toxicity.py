@@ -281,3 +281,20 @@ def test_hf_classifier_scorer_and_bad_path(classifier, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not a Hugging Face model folder"):
         hf_toxicity_classifier(str(tmp_path / "empty"))
+
+
+def test_credential_env_var_per_kind():
+    """Scorer actor groups forward exactly this variable: the serve token for http scorers, the
+    API key (never the serve token) for a toxicity API, nothing for local models."""
+    from fgrlhf_ray.config import RewardModelConfig
+    from fgrlhf_ray.scorers import credential_env_var
+
+    http = RewardModelConfig(name="h", kind="http", target="http://127.0.0.1:1#m", density="sequence")
+    assert credential_env_var(http) == "FGRLHF_SERVE_TOKEN"
+    api = RewardModelConfig(name="t", kind="toxicity", target="http://127.0.0.1:1", density="sentence")
+    assert credential_env_var(api) == "PERSPECTIVE_API_KEY"
+    named = RewardModelConfig(name="t", kind="toxicity", target="http://127.0.0.1:1", density="sentence",
+                              token_env="MY_KEY")
+    assert credential_env_var(named) == "MY_KEY"
+    local = RewardModelConfig(name="t", kind="toxicity", path="/models/tox", density="sequence")
+    assert credential_env_var(local) is None
