@@ -25,16 +25,29 @@ class RolloutActor:
 
     def __init__(self, **engine_kwargs: Any) -> None:
         self.engine = VLLMRolloutEngine(**engine_kwargs)
+        # How many object-store syncs this process has loaded. Ray restarts a crashed engine
+        # (even between calls, unseen by the caller) with the initial weights: version 0.
+        self.weights_version = 0
 
     def ready(self) -> float:
         return self.engine.startup_s
 
-    def generate(self, prompts: list[str], **kwargs: Any) -> RolloutBatch:
+    def generate(self, prompts: list[str], expect_weights_version: int | None = None, **kwargs: Any) -> RolloutBatch:
+        if expect_weights_version is not None and expect_weights_version != self.weights_version:
+            from fgrlhf_ray.reliability import EngineWeightsLost
+
+            raise EngineWeightsLost(
+                f"engine holds weights version {self.weights_version}, the group expects {expect_weights_version}: "
+                "it was restarted since the last weight sync"
+            )
         return self.engine.generate(prompts, **kwargs)
 
-    def load_weights(self, blob: bytes) -> int:
+    def load_weights(self, blob: bytes, version: int | None = None) -> int:
         # Ray resolves a top-level ObjectRef argument before the call: `blob` is bytes.
-        return self.engine.load_weights(blob)
+        count = self.engine.load_weights(blob)
+        if version is not None:
+            self.weights_version = version
+        return count
 
     def probe_logprobs_batch(
         self, prompt_ids: list[list[int]], response_ids: list[list[int]]
@@ -138,6 +151,7 @@ class RolloutGroup:
         self.tensor_parallel_size = int(self.engine_kwargs.get("tensor_parallel_size", 1))
         self.call_timeout_s = call_timeout_s
         self.startup_timeout_s = startup_timeout_s
+        self.weights_version = 0  # object-store syncs pushed; engines must hold the same (see RolloutActor)
         self.actors = []
         self._spawners = []
         for i in range(num_engines):
@@ -189,7 +203,7 @@ class RolloutGroup:
         for actor, (lo, hi) in zip(
             self.actors, contiguous_shards(len(prompts), self.num_engines), strict=False
         ):
-            shard_kwargs = dict(kwargs, prompt_index_offset=lo)
+            shard_kwargs = dict(kwargs, prompt_index_offset=lo, expect_weights_version=self.weights_version)
             if prompt_ids is not None:
                 shard_kwargs["prompt_ids"] = list(prompt_ids[lo:hi])
             refs.append(actor.generate.remote(prompts[lo:hi], **shard_kwargs))
@@ -232,8 +246,9 @@ class RolloutGroup:
                 weights = serialize_state_dict(weights, tie_word_embeddings=tie_word_embeddings)
             ref = ray.put(bytes(weights))
         put_s = time.perf_counter() - start
+        self.weights_version += 1
         counts = self._get(
-            [a.load_weights.remote(ref) for a in self.actors], timeout_s, "weight sync"
+            [a.load_weights.remote(ref, self.weights_version) for a in self.actors], timeout_s, "weight sync"
         )
         if len(set(counts)) != 1:
             raise RuntimeError(

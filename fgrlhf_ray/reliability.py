@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
+
+
+class EngineWeightsLost(RuntimeError):
+    """A rollout engine no longer holds the synced weights (Ray restarted it between calls)."""
 
 
 def failure_kind(exc: BaseException) -> str | None:
@@ -30,8 +35,8 @@ def failure_kind(exc: BaseException) -> str | None:
 
     if isinstance(exc, ParticipantFailed):
         return exc.kind if exc.kind in ("died", "timeout") else None
-    if isinstance(exc, ActorDied):
-        return "died"
+    if isinstance(exc, (ActorDied, EngineWeightsLost)) or isinstance(getattr(exc, "cause", None), EngineWeightsLost):
+        return "died"  # (Ray's RayTaskError for a remote EngineWeightsLost is both, or carries it as `cause`)
     try:
         import ray.exceptions as rex
     except ImportError:  # pragma: no cover - ray is a hard dependency of the trainer
@@ -57,7 +62,9 @@ def actor_health() -> dict:
 
     restarted = False
     try:
-        restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        with warnings.catch_warnings():  # Ray's own property uses a deprecated one internally
+            warnings.simplefilter("ignore")
+            restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # noqa: BLE001 - not inside an actor (tests)
         pass
     return {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss, "restarted": restarted,

@@ -2,15 +2,18 @@
 
 - A real local cluster (`ray start --head` on loopback, its own temp dir, stopped after)
   runs `fgrlhf train` submitted as a Ray job (Jobs SDK, working_dir + env_vars runtime
-  env); during step 2 a scorer actor's process dies (`os._exit` inside it, injected by
-  `fgrlhf_ray.testing_faults`). The job must SUCCEED, its log must name the fault and
-  the restart, and the metrics it wrote must hold every step once.
+  env). Two faults: once step 1 is logged, the test SIGKILLs the vLLM engine actor's
+  processes from outside (as an OOM killer would); during step 2 a scorer actor's process
+  dies (`os._exit` inside it, injected by `fgrlhf_ray.testing_faults`). The job must
+  SUCCEED, its log must name each fault and restart, and the metrics it wrote must hold
+  every step once.
 - The driver is SIGKILLed after step 2 of 4 (plus a corrupt and a half-written
   checkpoint 3 planted); `--resume auto` warns, uses checkpoint 2, runs steps 3-4, and
   step 3 matches the job's step 3 (same seed; a fault that loses no data leaves the
   numbers unchanged).
 - Two simulated nodes (`ray.cluster_utils.Cluster`) with custom resources: the config
   pins the rollout engine to one and the learner to the other; a short run completes.
+  Its memory limit is tiny, so the memory guard must report every actor.
 
 Each scenario is one real training process; assertions share them (3-4 runs in all).
 """
@@ -173,12 +176,31 @@ def job_run(local_cluster, tiny_llama_factory, tmp_path_factory):
     from ray.job_submission import JobStatus
 
     deadline = time.time() + 1200
+    engine_kill = None
     while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
                                                              JobStatus.STOPPED):
         assert time.time() < deadline, "job did not finish in 20 min"
-        time.sleep(2)
+        if engine_kill is None and (run_dir / "metrics.jsonl").is_file() and read_metrics(run_dir):
+            engine_kill = kill_engine(local_cluster["address"])
+        time.sleep(1)
     return {"status": status, "logs": client.get_job_logs(job_id), "run_dir": run_dir, "fault_dir": fault_dir,
-            "wall_s": time.time() - started}
+            "wall_s": time.time() - started, "engine_kill": engine_kill}
+
+
+def kill_engine(dashboard: str) -> dict:
+    """SIGKILL the vLLM engine actor's process and its children (vLLM's engine-core process)."""
+    import psutil
+    from ray.util.state import list_actors
+
+    [actor] = list_actors(address=dashboard, filters=[("class_name", "=", "RolloutActor"), ("state", "=", "ALIVE")])
+    proc = psutil.Process(actor.pid)
+    victims = proc.children(recursive=True) + [proc]
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.Error:
+            pass
+    return {"pid": actor.pid, "time": time.time(), "processes": len(victims)}
 
 
 def test_job_succeeds_despite_a_scorer_crash(job_run):
@@ -186,20 +208,32 @@ def test_job_succeeds_despite_a_scorer_crash(job_run):
     assert job_run["status"] == "SUCCEEDED", logs[-6000:]
     crash = json.loads((job_run["fault_dir"] / "crashed").read_text())  # the fault really happened
     assert crash["call"] == 2
-    # The log names the fault and the restart of the scorer actor.
+    kill = job_run["engine_kill"]
+    assert kill is not None, "the job finished before step 1 was logged?"
+    # The log names each fault and the restart of the actor.
     assert "fault at step 2, phase score: score:brevity died" in logs, logs[-6000:]
     assert "scorer 'brevity': replica 0 restarted by Ray" in logs, logs[-6000:]
     assert "recovered: step 2, phase score" in logs
+    assert "rollout: engine 0 restarted by Ray" in logs, logs[-6000:]
     faults = [json.loads(line) for line in (job_run["run_dir"] / "faults.jsonl").read_text().splitlines()]
-    assert [(f["step"], f["participants"], f["outcome"]) for f in faults] == [(2, ["score:brevity"], "retried")]
-    print(f"\nscorer crash: recovered {faults[0]['recovered_after_s']:.1f} s after detection; "
-          f"detected {faults[0]['detected_at'] - crash['time']:.1f} s after the crash; job wall {job_run['wall_s']:.0f} s")
+    assert all(f["outcome"] == "retried" for f in faults), faults
+    by_part = {("engine" if f["participants"][0] in ("generate", "sync", "engine") else f["participants"][0]): f
+               for f in faults}
+    assert sorted(by_part) == ["engine", "score:brevity"] and len(faults) == 2, faults
+    # The killed engine came back with the initial weights: it was re-synced (the probe check passed after).
+    assert by_part["engine"]["participants"] == ["sync"] or "engines re-synced" in by_part["engine"]["recovery"]
+    print(f"\nscorer os._exit: detected {by_part['score:brevity']['detected_at'] - crash['time']:.1f} s after the "
+          f"crash, phase done {by_part['score:brevity']['recovered_after_s']:.1f} s after detection; "
+          f"engine SIGKILL ({kill['processes']} processes, phase {by_part['engine']['phase']}): detected "
+          f"{by_part['engine']['detected_at'] - kill['time']:.1f} s after the kill, phase done "
+          f"{by_part['engine']['recovered_after_s']:.1f} s after detection; "
+          f"job wall {job_run['wall_s']:.0f} s")
 
 
 def test_job_wrote_every_step_once(job_run):
     rows = read_metrics(job_run["run_dir"])
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert [r["faults/retries"] for r in rows] == [0.0, 1.0, 0.0]
+    assert sum(r["faults/retries"] for r in rows) == 2.0 and rows[0]["faults/retries"] == 0.0
     for row in rows:
         assert row["rollout/samples"] == 4 and all(math.isfinite(row[k]) for k in COMPARED)
     ckpts = job_run["run_dir"] / "checkpoints"
@@ -287,6 +321,7 @@ try:
                         for name, a in trainer.actor_handles().items()},
         "steps": [h["reward/total_mean"] for h in history],
         "probe_gap": [h["sync/probe_gap"] for h in history],
+        "memory_over_limit": [h["memory/over_limit"] for h in history],
     }
 finally:
     trainer.shutdown()
@@ -299,7 +334,8 @@ def test_two_nodes_rollout_and_learner_pinned(tiny_llama_factory, tmp_path):
     policy = tiny_llama_factory(tie_word_embeddings=False)
     config = write_config(tmp_path, policy, total_steps=1, run_dir=tmp_path / "run",
                           ray={"rollout_resources": {"rollout_node": 0.01},
-                               "learner_resources": {"learner_node": 0.01}})
+                               "learner_resources": {"learner_node": 0.01},
+                               "memory_limit_gib": 0.01})  # every actor is over 10 MiB: all reported
     driver = tmp_path / "multinode_driver.py"
     driver.write_text(MULTINODE_DRIVER)
     started = time.time()
@@ -315,4 +351,7 @@ def test_two_nodes_rollout_and_learner_pinned(tiny_llama_factory, tmp_path):
     # One step went through: the rollout (made on one node) was scored, learned from on the
     # other, and the new weights came back to the engine (probe gap checked after the sync).
     assert len(out["steps"]) == 1 and math.isfinite(out["steps"][0]) and out["probe_gap"][0] <= 1e-2
+    # The memory guard read every actor's resident memory and reported each one over the limit.
+    assert out["memory_over_limit"] == [float(len(nodes))]
+    assert "memory: actor learner/0" in result.stderr and "over ray.memory_limit_gib=0.01" in result.stderr
     print(f"\ntwo-node run: {time.time() - started:.0f} s; actors per node: {nodes}")

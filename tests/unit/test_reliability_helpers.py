@@ -106,3 +106,9 @@ def test_memory_over_limit():
     reports = {"scorer/a/0": {"rss_bytes": 3 * 2**30}, "reference": {"rss_bytes": 2**29}}
     assert memory_over_limit(reports, None) == {}
     assert memory_over_limit(reports, 2.0) == {"scorer/a/0": 3.0}
+
+
+def test_an_engine_that_lost_its_weights_counts_as_died():
+    from fgrlhf_ray.reliability import EngineWeightsLost
+
+    assert failure_kind(EngineWeightsLost("restarted since the last sync")) == "died"
