@@ -42,7 +42,6 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import re
 import sys
 import threading
@@ -57,6 +56,7 @@ from typing import Any
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, DataError, FgrlhfError
+from fgrlhf_ray.http_retry import retry_delay
 
 DEFAULT_TEMPLATE = Path(__file__).with_name("templates") / "minimal_edit.txt"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -200,14 +200,7 @@ class OpenAIEditor:
         self.client.close()
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after is not None:
-            try:
-                return min(self.max_backoff_s, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
-        # Jitter: concurrent workers retrying a recovering server should not arrive in lockstep.
-        return min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+        return retry_delay(attempt, response, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         what = f"editor {method} {self.url}/{path}"

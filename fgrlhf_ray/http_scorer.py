@@ -24,7 +24,6 @@ reward from this scorer.
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
+from fgrlhf_ray.http_retry import retry_delay
 from fgrlhf_ray.types import Segment, SegmentRewards
 
 DEFAULT_TOKEN_ENV = "FGRLHF_SERVE_TOKEN"
@@ -153,14 +153,7 @@ class HttpScorer:
         self._lock = threading.Lock()
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after is not None:
-            try:
-                return min(self.max_backoff_s, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
-        # Jitter so that many scorers retrying a recovering server do not arrive in lockstep.
-        return min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+        return retry_delay(attempt, response, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         client = self._http()

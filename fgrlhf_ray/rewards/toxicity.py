@@ -31,7 +31,6 @@ after each sentence j.
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from typing import Any
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
+from fgrlhf_ray.http_retry import retry_delay
 from fgrlhf_ray.http_scorer import RETRY_STATUSES, split_target
 
 DEFAULT_KEY_ENV = "PERSPECTIVE_API_KEY"
@@ -197,13 +197,7 @@ class PerspectiveClient:
             self._client = None
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after is not None:
-            try:
-                return min(self.max_backoff_s, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
-        return min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+        return retry_delay(attempt, response, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
 
     def _score_one(self, text: str) -> float:
         key = os.environ.get(self.key_env, "") if self.key_env else ""
