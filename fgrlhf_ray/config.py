@@ -20,7 +20,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -442,6 +442,15 @@ class CheckpointConfig(StrictModel):
 # ----------------------------------------------------------------------------- root
 
 
+def reward_weights(reward_models: Sequence["RewardModelConfig"], preset: str | None) -> dict[str, float]:
+    """Weight per reward model name; a named preset overrides the relevance weight (paper A's
+    length presets), for training and evaluation alike."""
+    weights = {rm.name: rm.weight for rm in reward_models}
+    if preset is not None:
+        weights["relevance"] = RELEVANCE_WEIGHT_PRESETS[preset]
+    return weights
+
+
 class RunConfig(StrictModel):
     seed: int = 42
     """Seed for data order, sampling and initialisation."""
@@ -514,10 +523,7 @@ class RunConfig(StrictModel):
 
     def effective_reward_weights(self) -> dict[str, float]:
         """Weight per reward model after applying `preset`."""
-        weights = {rm.name: rm.weight for rm in self.reward_models}
-        if self.preset is not None:
-            weights["relevance"] = RELEVANCE_WEIGHT_PRESETS[self.preset]
-        return weights
+        return reward_weights(self.reward_models, self.preset)
 
     def checkpoint_dir(self) -> str:
         return self.checkpoint.dir or os.path.join(self.logging.dir, "checkpoints")

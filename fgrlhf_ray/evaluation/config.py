@@ -15,14 +15,14 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from fgrlhf_ray.config import (
-    RELEVANCE_WEIGHT_PRESETS,
-    apply_overrides,
-    format_validation_error,
     PolicyConfig,
     RewardModelConfig,
     RolloutConfig,
     StrictModel,
+    apply_overrides,
+    format_validation_error,
     load_model_from_yaml,
+    reward_weights,
 )
 from fgrlhf_ray.errors import ConfigError
 
@@ -188,10 +188,7 @@ class EvalConfig(StrictModel):
         return self
 
     def effective_reward_weights(self) -> dict[str, float]:
-        weights = {rm.name: rm.weight for rm in self.reward_models}
-        if self.preset is not None:
-            weights["relevance"] = RELEVANCE_WEIGHT_PRESETS[self.preset]
-        return weights
+        return reward_weights(self.reward_models, self.preset)
 
     def generations_path(self) -> Path:
         out = Path(self.output)
