@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("fine_grained", "holistic")
 STAGE_FILE = "stage.json"
+STARTED_FILE = "stage.started"  # the key of the run that last started in a stage folder
 
 # Oracle error types grouped as paper A's reward models see them (relevance RM: C1,
 # factuality RM: C2); the report shows each type and these sums.
@@ -176,8 +177,14 @@ class Stages:
                 self.timings[name] = saved.get("seconds", 0.0)
                 print(f"[demo] {name}: done before (key {key}), reusing {d}", flush=True)
                 return key, saved["result"]
+        # A folder left by an interrupted run with the *same* key is kept (PPO resumes from its
+        # checkpoints); one from other settings is cleared, or a resumed run would mix them.
+        started = d / STARTED_FILE
+        if d.exists() and (not started.is_file() or started.read_text().strip() != key):
+            shutil.rmtree(d)
         print(f"[demo] {name}: running → {d}", flush=True)
         d.mkdir(parents=True, exist_ok=True)
+        started.write_text(key + "\n")
         t0 = time.perf_counter()
         result = fn(d)
         seconds = time.perf_counter() - t0
@@ -420,15 +427,27 @@ def _fmt(ms: tuple[float, float], n_seeds: int) -> str:
 
 
 def verdict(summary: dict) -> str:
-    """One sentence: did fine-grained beat holistic on the oracle's quality, with its margin."""
+    """Did fine-grained beat holistic on the oracle's quality (with its margin), and did
+    either improve on the SFT policy they started from? A method that beats the other while
+    both fall below SFT has not shown that RLHF helped, and the sentence says so."""
     fg, ho = summary["fine_grained"]["mean_quality_ratio"], summary["holistic"]["mean_quality_ratio"]
+    sft = summary["sft"]["mean_quality_ratio"][0]
     diff = fg[0] - ho[0]
     noise = math.hypot(fg[1], ho[1])
     if noise and abs(diff) <= noise:
-        return (f"fine-grained and holistic PPO are within seed noise on oracle quality "
-                f"({fg[0]:.3f} vs {ho[0]:.3f}, std {noise:.3f}).")
-    better = "beat" if diff > 0 else "did not beat"
-    return f"fine-grained PPO {better} holistic PPO on oracle quality ({fg[0]:.3f} vs {ho[0]:.3f})."
+        head = (f"fine-grained and holistic PPO are within seed noise on oracle quality "
+                f"({fg[0]:.3f} vs {ho[0]:.3f}, std {noise:.3f})")
+    else:
+        better = "beat" if diff > 0 else "did not beat"
+        head = f"fine-grained PPO {better} holistic PPO on oracle quality ({fg[0]:.3f} vs {ho[0]:.3f})"
+    above = [name for name, q in (("fine-grained", fg[0]), ("holistic", ho[0])) if q > sft]
+    if not above:
+        tail = f"but neither improved on the SFT policy ({sft:.3f}): PPO degraded oracle quality here"
+    elif len(above) == 1:
+        tail = f"and only {above[0]} PPO improved on the SFT policy ({sft:.3f})"
+    else:
+        tail = f"and both improved on the SFT policy ({sft:.3f})"
+    return f"{head}, {tail}."
 
 
 def write_report(out: Path, *, config: DemoConfig, stages: dict, evaluation: dict, timings: dict) -> dict:

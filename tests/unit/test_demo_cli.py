@@ -49,3 +49,43 @@ def test_presets_are_consistent():
     for name, budget in PRESETS.items():
         assert budget.eval_every <= budget.ppo_steps, name
         assert DemoConfig(preset=name).sizes() == budget
+
+
+def test_stage_reuse_resume_and_invalidation(tmp_path):
+    from fgrlhf_ray.demo import Stages
+
+    calls = []
+
+    def work(d):
+        calls.append(sorted(p.name for p in d.iterdir()))
+        (d / "artifact").write_text("x")
+        return {"ok": True}
+
+    # First run, then the same key again: reused, not re-run.
+    assert Stages(tmp_path, fresh=False).run("s", {"a": 1}, work)[1] == {"ok": True}
+    Stages(tmp_path, fresh=False).run("s", {"a": 1}, work)
+    assert len(calls) == 1
+
+    # Other settings: the old folder (artifact, marker) is cleared before the stage runs again.
+    Stages(tmp_path, fresh=False).run("s", {"a": 2}, work)
+    assert calls[-1] == ["stage.started"]
+
+    # Interrupted run of the same settings (no completion marker): its files are kept to resume from.
+    (tmp_path / "s" / "stage.json").unlink()
+    Stages(tmp_path, fresh=False).run("s", {"a": 2}, work)
+    assert "artifact" in calls[-1]
+
+
+@pytest.mark.parametrize("fg, ho, expected", [
+    ((-0.70, 0.0), (-0.74, 0.0), "fine-grained PPO beat holistic PPO on oracle quality (-0.700 vs -0.740), "
+                                 "but neither improved on the SFT policy (-0.477)"),
+    ((-0.40, 0.0), (-0.50, 0.0), "and only fine-grained PPO improved on the SFT policy"),
+    ((-0.40, 0.0), (-0.45, 0.0), "and both improved on the SFT policy"),
+    ((-0.40, 0.05), (-0.45, 0.05), "within seed noise"),
+])
+def test_verdict_names_the_winner_and_the_sft_baseline(fg, ho, expected):
+    from fgrlhf_ray.demo import verdict
+
+    summary = {"fine_grained": {"mean_quality_ratio": fg}, "holistic": {"mean_quality_ratio": ho},
+               "sft": {"mean_quality_ratio": (-0.477 if "neither" in expected else -0.46, 0.0)}}
+    assert expected in verdict(summary)
