@@ -211,6 +211,7 @@ class PPOController:
     metrics: MetricsLogger | None = None
     probe: tuple[list[int], list[int]] | None = None  # (prompt_ids, response_ids) checked after each sync
     retry: RetryPolicy | None = None  # None: from config.ray (phase_retries, retry_backoff_s)
+    step_hooks: list = field(default_factory=list)  # callables step -> dict, merged into the step's metrics
     step: int = 0
 
     def __post_init__(self) -> None:
@@ -269,6 +270,8 @@ class PPOController:
         metrics["faults/retries"] = float(len(faults))
         if faults:
             metrics["time/recovery"] = sum(f.get("recovered_after_s", 0.0) for f in faults)
+        for hook in self.step_hooks:  # e.g. the trainer's actor-memory report
+            metrics.update(hook(self.step))
         if self.metrics is not None:
             self.metrics.log(self.step, metrics)
         return StepResult(step=self.step, metrics=metrics, experience=experience)

@@ -9,6 +9,7 @@ interfaces, and runs the loop with metrics, evaluation and checkpoints.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -364,6 +365,7 @@ class Trainer:
         )
         normalizations = ray.get([g.normalization() for g in self.scorer_groups], timeout=config.ray.get_timeout_s)
         self.startup_s = time.perf_counter() - t0
+        log.info("placement (actor: node id): %s", json.dumps(self.actor_nodes()))
         weights = config.effective_reward_weights()
         specs = [ScorerSpec(name=rm.name, weight=weights[rm.name], mean=mean, std=std)
                  for rm, (mean, std) in zip(config.reward_models, normalizations)]
@@ -434,8 +436,6 @@ class Trainer:
 
     def restore(self, target: Path) -> int:
         """Load learner and controller state from `target`; returns its step."""
-        import json
-
         self.learner.load_checkpoint(str(target), timeout_s=self.controller.phase_timeout("checkpoint"))
         self.controller.load_state_dict(json.loads((target / "controller.json").read_text()))
         # The engines still hold the initial policy: bring them to the checkpoint's weights.
@@ -456,6 +456,8 @@ class Trainer:
 
         target = self.find_resume_checkpoint() if self.resume else None
         controller = self.build()
+        if self.config.ray.memory_limit_gib:
+            controller.step_hooks.append(lambda step: self.check_memory())
         if target is not None:
             self.restore(target)
         config = self.config
@@ -478,8 +480,6 @@ class Trainer:
                     m = result.metrics
                     if config.logging.eval_every and self.dev_prompts and result.step % config.logging.eval_every == 0:
                         m.update(self.evaluate())
-                    if config.ray.memory_limit_gib:
-                        m.update(self.check_memory())
                     history.append(m)
                     bar.set_postfix(reward=f"{m['reward/total_mean']:.3f}", kl=f"{m['kl']:.3f}",
                                     s_per_step=f"{m['time/step']:.1f}")
@@ -512,8 +512,6 @@ class Trainer:
 
     def _write_fault_log(self) -> None:
         """Append this run's fault events to `<logging.dir>/faults.jsonl` (one JSON per fault)."""
-        import json
-
         events = getattr(getattr(self, "controller", None), "fault_events", [])
         if not events:
             return
@@ -529,6 +527,14 @@ class Trainer:
         handles["reference"] = self.reference.actor
         handles.update({f"learner/{i}": a for i, a in enumerate(self.learner_group.actors)})
         return handles
+
+    def actor_nodes(self) -> dict[str, str | None]:
+        """{actor name: Ray node id} of every actor (where the placement put them)."""
+        import ray
+
+        handles = self.actor_handles()
+        reports = ray.get([a.health.remote() for a in handles.values()], timeout=self.config.ray.get_timeout_s)
+        return {name: r["node_id"] for name, r in zip(handles, reports)}
 
     def check_memory(self) -> dict[str, float]:
         """Resident memory of every actor; warns about those over `ray.memory_limit_gib`."""

@@ -9,13 +9,13 @@
   every step once.
 - The driver is SIGKILLed after step 2 of 4 (plus a corrupt and a half-written
   checkpoint 3 planted); `--resume auto` warns, uses checkpoint 2, runs steps 3-4, and
-  step 3 matches the job's step 3 (same seed; a fault that loses no data leaves the
-  numbers unchanged).
-- Two simulated nodes (`ray.cluster_utils.Cluster`) with custom resources: the config
-  pins the rollout engine to one and the learner to the other; a short run completes.
-  Its memory limit is tiny, so the memory guard must report every actor.
+  steps 1-3 match the job's (same seed; faults that lose no data leave the numbers
+  unchanged). The resumed run joins two simulated nodes (`ray.cluster_utils.Cluster`,
+  custom resources `rollout_node` / `learner_node`) and pins the engine to one and the
+  learner to the other (node ids asserted), so its data crosses nodes through the object
+  store; its memory limit is tiny, so the memory guard must report every actor.
 
-Each scenario is one real training process; assertions share them (3-4 runs in all).
+Three training processes in all; the assertions share them.
 """
 
 from __future__ import annotations
@@ -248,7 +248,38 @@ def fgrlhf(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complet
                           capture_output=True, text=True, timeout=1200)
 
 
-def test_killed_driver_resumes_to_the_same_numbers(job_run, tiny_llama_factory, tmp_path):
+TWO_NODES = """
+import json, sys
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"rollout_node": 1},
+                                                        "include_dashboard": False})
+learner_node = cluster.add_node(num_cpus=3, resources={"learner_node": 1})
+cluster.wait_for_nodes()
+print(json.dumps({"address": cluster.address, "rollout_node": cluster.head_node.node_id,
+                  "learner_node": learner_node.node_id}), flush=True)
+sys.stdin.read()  # until the test closes our stdin
+cluster.shutdown()
+"""
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """Two simulated Ray nodes (own processes) with custom resources; shut down after."""
+    proc = subprocess.Popen([sys.executable, "-c", TWO_NODES], env=clean_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        yield info
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_killed_driver_resumes_to_the_same_numbers_on_two_nodes(job_run, tiny_llama_factory, tmp_path, two_nodes):
     policy = tiny_llama_factory(tie_word_embeddings=False)
     run_dir = tmp_path / "run"
     config = write_config(tmp_path, policy, total_steps=4, run_dir=run_dir)
@@ -275,13 +306,25 @@ def test_killed_driver_resumes_to_the_same_numbers(job_run, tiny_llama_factory, 
     (ckpts / "latest").write_text("step_000003\n")
     (ckpts / "step_000004.tmp").mkdir(exist_ok=True)
 
-    resumed = fgrlhf("train", "--config", str(config), "--resume", "auto", cwd=tmp_path)
+    # Resume on the two-node cluster, engine and learner pinned to different nodes.
+    resumed = fgrlhf("train", "--config", str(config), "--resume", "auto",
+                     "--set", f"ray.address={two_nodes['address']}",
+                     "--set", "ray.rollout_resources={rollout_node: 0.01}",
+                     "--set", "ray.learner_resources={learner_node: 0.01}",
+                     "--set", "ray.memory_limit_gib=0.01", cwd=tmp_path)  # every actor is over 10 MiB
     resume_s = time.time() - killed_at
     assert resumed.returncode == 0, resumed.stderr[-6000:]
+    placement = json.loads(next(line for line in resumed.stderr.splitlines()
+                                if "placement (actor: node id): " in line).split("placement (actor: node id): ")[1])
+    assert two_nodes["rollout_node"] != two_nodes["learner_node"]
+    assert placement["rollout/0"] == two_nodes["rollout_node"], placement
+    assert placement["learner/0"] == two_nodes["learner_node"], placement
+    assert "memory: actor learner/0" in resumed.stderr and "over ray.memory_limit_gib=0.01" in resumed.stderr
     assert "step_000003" in resumed.stderr and "is not usable" in resumed.stderr and "truncated" in resumed.stderr
     assert "resumed from" in resumed.stderr and "step_000002 at step 2" in resumed.stderr
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # nothing seen twice, nothing skipped
+    assert [r["memory/over_limit"] for r in rows[2:]] == [float(len(placement))] * 2
     assert (ckpts / "latest").read_text().strip() == "step_000004"
 
     # Same seed: the interrupted+resumed run equals the job's run (which lost no data to its fault).
@@ -289,69 +332,6 @@ def test_killed_driver_resumes_to_the_same_numbers(job_run, tiny_llama_factory, 
     for row in rows[:3]:
         for key in COMPARED:
             assert row[key] == pytest.approx(reference[row["step"]][key], rel=1e-4, abs=1e-5), (row["step"], key)
+    print(f"\nplacement of the resumed run: {placement}")
     print(f"\ndriver SIGKILL after step 2: resume process (start-up + steps 3-4) took {resume_s:.0f} s; "
           f"step 3 reward {rows[2]['reward/total_mean']:.5f} vs uninterrupted {reference[3]['reward/total_mean']:.5f}")
-
-
-# ------------------------------------------------------------------ scenario 3: two nodes, pinned groups
-
-MULTINODE_DRIVER = '''
-import json, sys
-import ray
-from ray.cluster_utils import Cluster
-from ray.util import placement_group_table
-from fgrlhf_ray.config import load_config
-from fgrlhf_ray.trainer import Trainer
-
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"rollout_node": 1},
-                                                        "include_dashboard": False})
-learner_node = cluster.add_node(num_cpus=3, resources={"learner_node": 1})
-cluster.wait_for_nodes()
-config = load_config(sys.argv[1], [f"ray.address={cluster.address}"])
-trainer = Trainer(config)
-try:
-    history = trainer.run()
-    rollout_pg, learner_pg = trainer.placement_groups
-    result = {
-        "rollout_node": cluster.head_node.node_id,
-        "learner_node": learner_node.node_id,
-        "rollout_bundles": sorted(set(placement_group_table(rollout_pg)["bundles_to_node_id"].values())),
-        "learner_bundles": sorted(set(placement_group_table(learner_pg)["bundles_to_node_id"].values())),
-        "actor_nodes": {name: ray.get(a.health.remote(), timeout=120)["node_id"]
-                        for name, a in trainer.actor_handles().items()},
-        "steps": [h["reward/total_mean"] for h in history],
-        "probe_gap": [h["sync/probe_gap"] for h in history],
-        "memory_over_limit": [h["memory/over_limit"] for h in history],
-    }
-finally:
-    trainer.shutdown()
-    cluster.shutdown()
-print("RESULT " + json.dumps(result))
-'''
-
-
-def test_two_nodes_rollout_and_learner_pinned(tiny_llama_factory, tmp_path):
-    policy = tiny_llama_factory(tie_word_embeddings=False)
-    config = write_config(tmp_path, policy, total_steps=1, run_dir=tmp_path / "run",
-                          ray={"rollout_resources": {"rollout_node": 0.01},
-                               "learner_resources": {"learner_node": 0.01},
-                               "memory_limit_gib": 0.01})  # every actor is over 10 MiB: all reported
-    driver = tmp_path / "multinode_driver.py"
-    driver.write_text(MULTINODE_DRIVER)
-    started = time.time()
-    result = subprocess.run([sys.executable, str(driver), str(config)], cwd=tmp_path, env=clean_env(),
-                            capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    assert out["rollout_node"] != out["learner_node"]
-    assert out["rollout_bundles"] == [out["rollout_node"]]
-    assert out["learner_bundles"] == [out["learner_node"]]
-    nodes = out["actor_nodes"]
-    assert nodes["rollout/0"] == out["rollout_node"] and nodes["learner/0"] == out["learner_node"]
-    # One step went through: the rollout (made on one node) was scored, learned from on the
-    # other, and the new weights came back to the engine (probe gap checked after the sync).
-    assert len(out["steps"]) == 1 and math.isfinite(out["steps"][0]) and out["probe_gap"][0] <= 1e-2
-    # The memory guard read every actor's resident memory and reported each one over the limit.
-    assert out["memory_over_limit"] == [float(len(nodes))]
-    assert "memory: actor learner/0" in result.stderr and "over ray.memory_limit_gib=0.01" in result.stderr
-    print(f"\ntwo-node run: {time.time() - started:.0f} s; actors per node: {nodes}")

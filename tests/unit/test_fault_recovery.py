@@ -185,3 +185,12 @@ def test_run_failure_message_names_the_checkpoint_and_the_resume_command(tmp_pat
     checkpoint.commit(config.checkpoint_dir(), tmp, 2, controller_state={"step": 2}, config_yaml="", keep_last=2)
     message = trainer._failure_message(exc)
     assert "step_000002" in message and "fgrlhf train --config qa.yaml --resume auto" in message
+
+
+def test_step_hooks_add_to_the_logged_metrics(tmp_path):
+    from fgrlhf_ray.metrics import read_metrics
+
+    controller, _ = build(tmp_path, Calls())
+    controller.step_hooks.append(lambda step: {"memory/over_limit": float(step)})
+    controller.run(2)
+    assert [r["memory/over_limit"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 2.0]
