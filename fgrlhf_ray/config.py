@@ -339,7 +339,8 @@ class LearnerConfig(StrictModel):
     """GPUs reserved per learner rank."""
 
     weight_sync: Literal["object_store", "nccl"] = "object_store"
-    """How new weights reach vLLM: object store (CPU, small models) or NCCL broadcast (GPU clusters)."""
+    """How new weights reach vLLM: object store (CPU, small models) or NCCL broadcast (GPU clusters;
+    its transport is built and tested over gloo, but `fgrlhf train` refuses it until its loop drives it)."""
 
     sync_probe_tolerance: float = Field(1e-2, gt=0.0)
     """Max |log π_vLLM − log π_learner| on the probe sequence after a sync before the run fails."""

@@ -303,6 +303,12 @@ class Trainer:
         from fgrlhf_ray.actors.scorer import ScorerGroup
 
         config = self.config
+        if config.learner.weight_sync != "object_store":
+            # The bucketed broadcast exists (fgrlhf_ray.weight_sync, LearnerGroup and RolloutGroup
+            # hooks, tested over gloo) but the PPO loop does not drive it yet: refuse rather than
+            # silently fall back to the object store.
+            raise ConfigError(f"learner.weight_sync: {config.learner.weight_sync!r} is not wired into "
+                              f"`fgrlhf train` yet; use 'object_store' (the default)")
         policy_path = config.policy.model_path
         if not Path(policy_path).exists() and not config.ray.address and not os.environ.get("RAY_ADDRESS"):
             raise ConfigError(f"policy.model_path: {policy_path} does not exist (train or SFT a policy first)")

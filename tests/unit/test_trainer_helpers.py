@@ -60,3 +60,9 @@ def test_resume_checks_happen_before_any_actor_starts(tmp_path):
     assert trainer.find_resume_checkpoint() is None  # nothing saved yet: start from scratch
     with pytest.raises(FgrlhfError, match="not a complete checkpoint"):
         Trainer(config, resume=str(tmp_path / "missing")).find_resume_checkpoint()
+
+
+def test_nccl_weight_sync_is_refused_until_the_loop_drives_it():
+    trainer = Trainer(make_config(learner={"weight_sync": "nccl"}))
+    with pytest.raises(ConfigError, match="learner.weight_sync: 'nccl' is not wired"):
+        trainer.build()
