@@ -374,8 +374,11 @@ class LearnerGroup:
     def broadcast_weights_async(self, plan: list) -> ray.ObjectRef:
         return self.actors[0].broadcast_weights.remote(plan)
 
+    def close_weight_broadcast_async(self) -> ray.ObjectRef:
+        return self.actors[0].close_weight_broadcast.remote()
+
     def close_weight_broadcast(self) -> None:
-        ray.get(self.actors[0].close_weight_broadcast.remote(), timeout=CALL_TIMEOUT_S)
+        ray.get(self.close_weight_broadcast_async(), timeout=CALL_TIMEOUT_S)
 
     # ---------------------------------------------------------------- checkpoints
 

@@ -54,14 +54,25 @@ class RolloutActor:
     ) -> list[list[float]]:
         return self.engine.probe_logprobs_batch(prompt_ids, response_ids)
 
-    def init_weight_broadcast(self, **kwargs: Any) -> None:
+    def init_weight_broadcast(self, **kwargs: Any) -> str:
         self.engine.init_weight_broadcast(**kwargs)
+        # Which group this process joined: a restarted actor reports None, so the sender
+        # knows to form the group again before broadcasting into a missing member.
+        self.broadcast_group = f"{kwargs['host']}:{kwargs['port']}"
+        return self.broadcast_group
 
-    def receive_weight_broadcast(self, plan: list) -> int:
-        return self.engine.receive_weight_broadcast(plan)
+    def broadcast_group_id(self) -> str | None:
+        return getattr(self, "broadcast_group", None)
+
+    def receive_weight_broadcast(self, plan: list, version: int | None = None) -> int:
+        count = self.engine.receive_weight_broadcast(plan)
+        if version is not None:
+            self.weights_version = version
+        return count
 
     def close_weight_broadcast(self) -> None:
         self.engine.close_weight_broadcast()
+        self.broadcast_group = None
 
     def stats(self) -> dict[str, float]:
         return self.engine.stats()
@@ -284,8 +295,17 @@ class RolloutGroup:
         return 1 + self.num_engines * self.tensor_parallel_size
 
     def receive_weight_broadcast_async(self, plan: list) -> list:
-        """Start receiving one broadcast on every engine; returns refs (tensor counts)."""
-        return [a.receive_weight_broadcast.remote(plan) for a in self.actors]
+        """Start receiving one broadcast on every engine; returns refs (tensor counts).
+        Counts as a weight update: engines must hold the new version before generating."""
+        self.weights_version += 1
+        return [a.receive_weight_broadcast.remote(plan, self.weights_version) for a in self.actors]
+
+    def broadcast_group_ids(self, *, timeout_s: float | None = None) -> list[str | None]:
+        """The broadcast group each engine process has joined (None: none, e.g. restarted)."""
+        return self._get([a.broadcast_group_id.remote() for a in self.actors], timeout_s, "broadcast group check")
+
+    def close_weight_broadcast_async(self) -> list:
+        return [a.close_weight_broadcast.remote() for a in self.actors]
 
     # ------------------------------------------------------------------ probe
     def probe(

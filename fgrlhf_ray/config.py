@@ -338,9 +338,22 @@ class LearnerConfig(StrictModel):
     num_gpus_per_rank: float = Field(0.0, ge=0.0)
     """GPUs reserved per learner rank."""
 
-    weight_sync: Literal["object_store", "nccl"] = "object_store"
-    """How new weights reach vLLM: object store (CPU, small models) or NCCL broadcast (GPU clusters;
-    its transport is built and tested over gloo, but `fgrlhf train` refuses it until its loop drives it)."""
+    weight_sync: Literal["object_store", "broadcast"] = "object_store"
+    """How new weights reach vLLM after each update. object_store: learner rank 0 serialises the
+    state dict once, `ray.put`, every engine loads the same object (any cluster; fine for small
+    models). broadcast: learner rank 0 and every vLLM worker form one extra process group and the
+    weights go out in flat buckets (`broadcast_backend`; NCCL is the GPU-cluster path)."""
+
+    broadcast_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend of `weight_sync: broadcast`. auto: nccl when learner ranks have GPUs
+    (`num_gpus_per_rank` > 0), else gloo."""
+
+    broadcast_bucket_mb: float = Field(256.0, gt=0.0)
+    """Bucket size of `weight_sync: broadcast` (MiB): bigger = fewer collectives, more memory."""
+
+    broadcast_timeout_s: float = Field(300.0, gt=0.0)
+    """Bound on the broadcast group's rendezvous and on each bucket; past it the sync raises
+    (and the controller recovers the engines) instead of hanging."""
 
     sync_probe_tolerance: float = Field(1e-2, gt=0.0)
     """Max |log π_vLLM − log π_learner| on the probe sequence after a sync before the run fails."""
@@ -350,6 +363,19 @@ class LearnerConfig(StrictModel):
 
     critic: CriticConfig = Field(default_factory=CriticConfig)
     """Critic (value model) setup."""
+
+    @model_validator(mode="after")
+    def _check_broadcast_backend(self) -> "LearnerConfig":
+        if self.weight_sync == "broadcast" and self.broadcast_backend == "nccl" and self.num_gpus_per_rank <= 0:
+            raise ValueError("broadcast_backend 'nccl' needs GPU learner ranks (num_gpus_per_rank > 0); "
+                             "use 'gloo' or 'auto' on CPU")
+        return self
+
+    def weight_broadcast_backend(self) -> str:
+        """The process-group backend `weight_sync: broadcast` uses ("nccl" or "gloo")."""
+        if self.broadcast_backend != "auto":
+            return self.broadcast_backend
+        return "nccl" if self.num_gpus_per_rank > 0 else "gloo"
 
 
 # ------------------------------------------------------------------------------ Ray

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -212,6 +212,10 @@ class PPOController:
     probe: tuple[list[int], list[int]] | None = None  # (prompt_ids, response_ids) checked after each sync
     retry: RetryPolicy | None = None  # None: from config.ray (phase_retries, retry_backoff_s)
     step_hooks: list = field(default_factory=list)  # callables step -> dict, merged into the step's metrics
+    # How new weights reach the engines: () -> Handle of a stats dict. None: through the object
+    # store, `rollout.sync_weights(learner.weights())`; the trainer passes the bucketed
+    # broadcast here for `learner.weight_sync: broadcast`.
+    push_weights: Callable[[], Handle] | None = None
     step: int = 0
 
     def __post_init__(self) -> None:
@@ -362,10 +366,13 @@ class PPOController:
     def sync_weights(self, timings: dict[str, float]) -> dict[str, float]:
         """Push the learner's weights to every engine, then compare logprobs on the probe."""
         t0 = time.perf_counter()
-        self._resolve_with_retries("sync", {"sync": self._push_weights})
+        pushed, _ = self._resolve_with_retries("sync", {"sync": self._push_weights})
         timings["time/sync"] = time.perf_counter() - t0
+        # Transport stats (seconds, bytes, buckets, whether a broadcast group was formed).
+        stats = pushed["sync"] if isinstance(pushed["sync"], dict) else {}
+        transport = {k: float(v) for k, v in stats.items() if k.startswith("sync/") and isinstance(v, (int, float))}
         if self.probe is None:
-            return {}
+            return transport
         prompt_ids, response_ids = self.probe
         got, _ = self._resolve_with_retries("sync", {
             "engine": lambda: self.rollout.probe_logprobs(prompt_ids, response_ids),
@@ -380,9 +387,11 @@ class PPOController:
                 f"{gap:.3e} on the probe sequence (tolerance learner.sync_probe_tolerance={tolerance:g}). "
                 f"The engines are not running the learner's weights (a tied lm_head not included? dtype mismatch?)."
             )
-        return {"sync/probe_gap": gap}
+        return {**transport, "sync/probe_gap": gap}
 
     def _push_weights(self) -> Handle:
+        if self.push_weights is not None:
+            return self.push_weights()
         return self.rollout.sync_weights(self.learner.weights())
 
     # ----------------------------------------------------------------- faults

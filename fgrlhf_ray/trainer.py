@@ -303,12 +303,6 @@ class Trainer:
         from fgrlhf_ray.actors.scorer import ScorerGroup
 
         config = self.config
-        if config.learner.weight_sync != "object_store":
-            # The bucketed broadcast exists (fgrlhf_ray.weight_sync, LearnerGroup and RolloutGroup
-            # hooks, tested over gloo) but the PPO loop does not drive it yet: refuse rather than
-            # silently fall back to the object store.
-            raise ConfigError(f"learner.weight_sync: {config.learner.weight_sync!r} is not wired into "
-                              f"`fgrlhf train` yet; use 'object_store' (the default)")
         policy_path = config.policy.model_path
         if not Path(policy_path).exists() and not config.ray.address and not os.environ.get("RAY_ADDRESS"):
             raise ConfigError(f"policy.model_path: {policy_path} does not exist (train or SFT a policy first)")
@@ -376,6 +370,17 @@ class Trainer:
         specs = [ScorerSpec(name=rm.name, weight=weights[rm.name], mean=mean, std=std)
                  for rm, (mean, std) in zip(config.reward_models, normalizations)]
 
+        push_weights = None
+        if config.learner.weight_sync == "broadcast":
+            from fgrlhf_ray.actors.weight_broadcast import BroadcastWeightSync
+
+            self.weight_broadcast = BroadcastWeightSync(
+                self.learner_group, self.rollout, backend=config.learner.weight_broadcast_backend(),
+                bucket_bytes=int(config.learner.broadcast_bucket_mb * 1024**2),
+                timeout_s=config.learner.broadcast_timeout_s, dtype=config.policy.dtype,
+            )
+            push_weights = self.weight_broadcast.push
+
         probe_prompt = tokenizer(prompts[0])["input_ids"][: config.data.max_prompt_tokens]
         probe_response = tokenizer(" The answer is in the passage.", add_special_tokens=False)["input_ids"]
         run_dir = Path(config.logging.dir)
@@ -395,6 +400,7 @@ class Trainer:
             runtime=RayRuntime(),
             metrics=MetricsLogger(run_dir, tensorboard=config.logging.tensorboard),
             probe=(probe_prompt, probe_response),
+            push_weights=push_weights,
         )
         return self.controller
 

@@ -7,11 +7,13 @@ Two transports, chosen by the config value `weight_sync`:
   `ray.put` once, and every engine receives the same ObjectRef; inside the engine the
   bytes go to each vLLM worker through `LLM.collective_rpc("fgrlhf_load_safetensors")`
   (tensors must be serialised: passed raw through vLLM's RPC they arrive as lists).
-- "nccl" (GPU clusters): learner rank 0 and every vLLM worker form one extra process
-  group (stateless: a private TCPStore, not the default torch.distributed group); the
-  learner broadcasts the weights in flat byte buckets (`plan_buckets`, `pack_bucket`,
-  `unpack_bucket`) and the workers load them. `NcclWeightBroadcaster` is the learner
-  side; `FgrlhfWorkerExtension.fgrlhf_*_broadcast*` the vLLM side. The same code runs
+- "broadcast" (NCCL on GPU clusters, gloo on CPU): learner rank 0 and every vLLM worker
+  form one extra process group (stateless: a private TCPStore, not the default
+  torch.distributed group); the learner broadcasts the weights in flat byte buckets
+  (`plan_buckets`, `pack_bucket`, `unpack_bucket`) and the workers load them.
+  `NcclWeightBroadcaster` is the learner side; `FgrlhfWorkerExtension.fgrlhf_*_broadcast*`
+  the vLLM side; `fgrlhf_ray.actors.weight_broadcast.BroadcastWeightSync` drives both from
+  the PPO loop (forming the group, re-forming it after engine restarts). The same code runs
   with backend="gloo", which is how it is tested on CPU; the NCCL backend itself has
   NOT been exercised here (no GPU on the development machine).
 
@@ -36,7 +38,7 @@ from typing import Any, Literal
 
 import torch
 
-WeightSyncMode = Literal["object_store", "nccl"]
+WeightSyncMode = Literal["object_store", "broadcast"]
 
 EMBED_KEY = "model.embed_tokens.weight"
 LM_HEAD_KEY = "lm_head.weight"
@@ -318,7 +320,7 @@ def receive_buckets(
 
 
 class NcclWeightBroadcaster:
-    """Learner side of the "nccl" weight sync: rank 0 of a group whose other members
+    """Learner side of the "broadcast" weight sync: rank 0 of a group whose other members
     are the vLLM workers of all rollout engines (ranks 1..world_size-1).
 
     Usage (controller):

@@ -2,11 +2,11 @@
 
 - A real local cluster (`ray start --head` on loopback, its own temp dir, stopped after)
   runs `fgrlhf train` submitted as a Ray job (Jobs SDK, working_dir + env_vars runtime
-  env). Two faults: once step 1 is logged, the test SIGKILLs the vLLM engine actor's
+  env), syncing weights by broadcast (gloo). Two faults: once step 1 is logged, the test SIGKILLs the vLLM engine actor's
   processes from outside (as an OOM killer would); during step 2 a scorer actor's process
   dies (`os._exit` inside it, injected by `fgrlhf_ray.testing_faults`). The job must
-  SUCCEED, its log must name each fault and restart, and the metrics it wrote must hold
-  every step once.
+  SUCCEED, its log must name each fault and restart (and a second broadcast group formed
+  for the restarted engine), and the metrics it wrote must hold every step once.
 - The driver is SIGKILLed after step 2 of 4 (plus a corrupt and a half-written
   checkpoint 3 planted); `--resume auto` warns, uses checkpoint 2, runs steps 3-4, and
   steps 1-3 match the job's (same seed; faults that lose no data leave the numbers
@@ -49,7 +49,8 @@ COMPARED = ("reward/total_mean", "reward/grounded/mean", "reward/brevity/mean", 
             "response_length/mean")
 
 
-def write_config(folder: Path, policy: Path, *, total_steps: int, run_dir: Path, ray: dict | None = None) -> Path:
+def write_config(folder: Path, policy: Path, *, total_steps: int, run_dir: Path, ray: dict | None = None,
+                 learner: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     prompts = folder / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"text": q}) + "\n" for q in QUESTIONS))
@@ -67,7 +68,7 @@ def write_config(folder: Path, policy: Path, *, total_steps: int, run_dir: Path,
         ],
         "ppo": {"total_steps": total_steps, "prompts_per_step": 2, "ppo_epochs": 1, "minibatch_size": 4,
                 "lr": 1e-4, "critic_lr": 1e-4},
-        "learner": {"micro_batch_size": 2, "zero_stage": 2},
+        "learner": {"micro_batch_size": 2, "zero_stage": 2, **(learner or {})},
         "data": {"train_file": str(prompts), "format": "jsonl", "max_prompt_tokens": 64},
         "logging": {"dir": str(run_dir), "tensorboard": False},
         "checkpoint": {"every": 1, "keep_last": 2},
@@ -165,7 +166,11 @@ def job_run(local_cluster, tiny_llama_factory, tmp_path_factory):
     fault_dir = root / "fault"
     fault_dir.mkdir()
     run_dir = root / "run"
-    write_config(root / "job", policy, total_steps=3, run_dir=run_dir)
+    # Weights travel by broadcast here (gloo), so the engine kill also proves that a restarted
+    # engine makes the next sync form a new group; the resume scenario below syncs through
+    # the object store and must reproduce these numbers.
+    write_config(root / "job", policy, total_steps=3, run_dir=run_dir,
+                 learner={"weight_sync": "broadcast", "broadcast_timeout_s": 60})
     client = local_cluster["client"]
     started = time.time()
     job_id = client.submit_job(
@@ -215,6 +220,9 @@ def test_job_succeeds_despite_a_scorer_crash(job_run):
     assert "scorer 'brevity': replica 0 restarted by Ray" in logs, logs[-6000:]
     assert "recovered: step 2, phase score" in logs
     assert "rollout: engine 0 restarted by Ray" in logs, logs[-6000:]
+    rows = read_metrics(job_run["run_dir"])
+    assert rows[0]["sync/group_formed"] == 1.0 and all("sync/broadcast_s" in r for r in rows)
+    assert "weight broadcast: group" in logs and logs.count("formed (gloo") >= 2, logs[-6000:]  # re-formed
     faults = [json.loads(line) for line in (job_run["run_dir"] / "faults.jsonl").read_text().splitlines()]
     assert all(f["outcome"] == "retried" for f in faults), faults
     by_part = {("engine" if f["participants"][0] in ("generate", "sync", "engine") else f["participants"][0]): f

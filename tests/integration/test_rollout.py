@@ -232,6 +232,100 @@ def test_bucketed_broadcast_sync_over_gloo(engines, tiny_llama_dir):
     )
 
 
+@ray.remote(num_cpus=0)
+class _HFSender:
+    """Learner rank 0 of the broadcast, over a plain HF model (what `LearnerActor` does
+    over its DeepSpeed engine; the real learner drives it in test_train_modes.py).
+    Self-contained (imports only installed packages): Ray workers cannot import test modules."""
+
+    def __init__(self, path):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    def perturb(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+
+    def address(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return "127.0.0.1", s.getsockname()[1]
+
+    def init(self, **kwargs):
+        from fgrlhf_ray.weight_sync import NcclWeightBroadcaster
+
+        self.sender = NcclWeightBroadcaster(**kwargs)
+        self.sender.connect()
+
+    def plan(self):
+        return self.sender.plan(self.model.state_dict())
+
+    def broadcast(self, plan):
+        return self.sender.broadcast(self.model.state_dict(), plan)
+
+    def close(self):
+        self.sender = None
+
+    def logprobs(self, prompt_ids, response_ids):
+        ids = torch.tensor([list(prompt_ids) + list(response_ids)])
+        with torch.no_grad():
+            logp = torch.log_softmax(self.model(ids).logits[0].float(), dim=-1)
+        return [logp[len(prompt_ids) + t - 1, tok].item() for t, tok in enumerate(response_ids)]
+
+
+class _SenderGroup:
+    """The slice of `LearnerGroup`'s interface that `BroadcastWeightSync` uses."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def weight_broadcast_address(self):
+        return ray.get(self.actor.address.remote())
+
+    def init_weight_broadcast_async(self, *, host, port, world_size, backend, bucket_bytes, timeout_s, dtype):
+        return self.actor.init.remote(host=host, port=port, world_size=world_size, backend=backend,
+                                      bucket_bytes=bucket_bytes, timeout_s=timeout_s)
+
+    def prepare_weight_broadcast(self, *, timeout_s):
+        return ray.get(self.actor.plan.remote(), timeout=timeout_s)
+
+    def broadcast_weights_async(self, plan):
+        return self.actor.broadcast.remote(plan)
+
+    def close_weight_broadcast_async(self):
+        return self.actor.close.remote()
+
+
+def test_broadcast_sync_reforms_the_group_when_an_engine_left_it(engines, tiny_llama_dir):
+    """`BroadcastWeightSync` (what `learner.weight_sync: broadcast` runs each step) forms the
+    group once, reuses it, and forms a new one when an engine is no longer in it, as after a
+    restart; the engines hold the sender's weights after every push."""
+    from fgrlhf_ray.actors.weight_broadcast import BroadcastWeightSync
+
+    group = engines.get(tiny_llama_dir, num_engines=2)
+    p_ids, r_ids = _probe_sequence(group)
+    actor = _HFSender.remote(str(tiny_llama_dir))
+    sync = BroadcastWeightSync(_SenderGroup(actor), group, backend="gloo", bucket_bytes=128 * 1024, timeout_s=120)
+    version = group.weights_version
+    gaps = []
+    for seed, formed in ((5, 1.0), (6, 0.0), (7, 1.0)):
+        if seed == 7:  # engine 1 leaves the group, as a process Ray restarted would have
+            ray.get(group.actors[1].close_weight_broadcast.remote())
+        ray.get(actor.perturb.remote(seed))
+        stats = sync.push()
+        assert stats["sync/group_formed"] == formed, (seed, stats)
+        assert stats["sync/buckets"] > 1 and stats["sync/num_tensors"] > 0
+        gaps.append(group.check_sync(ray.get(actor.logprobs.remote(p_ids, r_ids)), p_ids, r_ids, tolerance=TOL))
+    assert sync.formations == 2
+    assert group.weights_version == version + 3  # engines accept generate calls at the new version
+    group.generate(["Numbers: 0 1 2"], n=1, max_new_tokens=4, temperature=0.0)
+    sync.close()
+    print(f"\n[measure] broadcast sync pushes (gloo, 2 engines): probe gaps {[f'{g:.1e}' for g in gaps]}")
+
+
 def test_tied_embeddings_sync_and_the_missing_lm_head_trap(engines, tiny_llama_tied_dir):
     """With tie_word_embeddings=True, vLLM must receive lm_head.weight explicitly:
     `serialize_state_dict` adds it; a state dict without it leaves vLLM's output layer

@@ -227,3 +227,18 @@ def test_evaluate_reports_weighted_rm_means(tmp_path):
     # comp: 2·((7−4)/2 + (4−4)/2)/2 = 1.5
     assert metrics["eval/reward/comp"] == pytest.approx(1.5)
     assert metrics["eval/reward/total"] == pytest.approx(1.75)
+
+
+def test_injected_weight_push_replaces_the_object_store_path_and_its_stats_are_logged(tmp_path):
+    """`learner.weight_sync: broadcast` hands the controller a push callable: it runs once per
+    step instead of rollout.sync_weights(learner.weights()), and its sync/* stats reach the metrics."""
+    calls = Calls()
+    controller, learner = build(tmp_path, calls)
+    controller.push_weights = lambda: calls.append(f"push:v{learner.version}") or {
+        "sync/broadcast_s": 0.5, "sync/buckets": 3, "sync/group_formed": float(learner.version == 1),
+        "note": "not a metric"}
+    controller.run()
+    assert [c for c in calls if c.startswith(("sync", "push"))] == ["push:v1", "push:v2", "push:v3"]
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["sync/group_formed"] for r in records] == [1.0, 0.0, 0.0]
+    assert all(r["sync/buckets"] == 3.0 and "note" not in r and "sync/probe_gap" in r for r in records)

@@ -62,7 +62,23 @@ def test_resume_checks_happen_before_any_actor_starts(tmp_path):
         Trainer(config, resume=str(tmp_path / "missing")).find_resume_checkpoint()
 
 
-def test_nccl_weight_sync_is_refused_until_the_loop_drives_it():
-    trainer = Trainer(make_config(learner={"weight_sync": "nccl"}))
-    with pytest.raises(ConfigError, match="learner.weight_sync: 'nccl' is not wired"):
-        trainer.build()
+def test_broadcast_weight_sync_backend_follows_the_learner_devices():
+    assert make_config(learner={"weight_sync": "broadcast"}).learner.weight_broadcast_backend() == "gloo"
+    gpu = make_config(learner={"weight_sync": "broadcast", "num_gpus_per_rank": 1})
+    assert gpu.learner.weight_broadcast_backend() == "nccl"
+    forced = make_config(learner={"weight_sync": "broadcast", "broadcast_backend": "gloo", "num_gpus_per_rank": 1})
+    assert forced.learner.weight_broadcast_backend() == "gloo"
+
+
+def test_nccl_broadcast_without_gpus_is_a_config_error_naming_the_field(tmp_path):
+    from fgrlhf_ray.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("learner:\n  weight_sync: broadcast\n  broadcast_backend: nccl\n"
+                    "reward_models:\n  - {name: b, kind: function, density: sequence, "
+                    "target: 'fgrlhf_ray.rewards.builtin:brevity'}\n")
+    with pytest.raises(ConfigError, match=r"learner.*broadcast_backend 'nccl' needs GPU"):
+        load_config(path)
+    path.write_text(path.read_text().replace("weight_sync: broadcast", "weight_sync: nccl"))
+    with pytest.raises(ConfigError, match=r"learner\.weight_sync.*object_store.*broadcast"):
+        load_config(path)
