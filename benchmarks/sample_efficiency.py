@@ -14,6 +14,7 @@ at which each method's mean reaches it. Plot: error vs steps and vs wall seconds
     .venv/bin/python benchmarks/sample_efficiency.py                       # small: see --help
     .venv/bin/python benchmarks/sample_efficiency.py --preset default --seeds 0,1,2   # the demo's sizes (hours)
 
+`--from-demo DIR` analyses a finished `fgrlhf demo --seeds 0 1 2` folder without training.
 `--reuse DIR` points at an existing demo output folder whose data/sft/rm stages match the
 chosen preset (e.g. outputs/demo after `make demo`); they are copied, not modified.
 """
@@ -89,23 +90,11 @@ def plot(agg: dict[str, list[dict]], target: float, metric: str, path: Path) -> 
     print(f"wrote {path}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default="/tmp/fgrlhf-bench/sample_efficiency")
-    ap.add_argument("--preset", default="default", choices=["default", "quick"])
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--budget", nargs="*", default=["ppo_steps=8", "eval_every=2", "prompts_per_step=8",
-                                                    "n_eval_prompts=64"],
-                    help="DemoBudget overrides key=value (default: a small run; [] = the preset's sizes)")
-    ap.add_argument("--metric", default="frac_with_any_error")
-    ap.add_argument("--reuse", default=None, help="copy data/sft/rm stages from this demo output folder")
-    ap.add_argument("--num-threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-
+def train(out: Path, args: argparse.Namespace) -> tuple[dict, dict, list[int], float]:
+    """Run the demo pipeline with `args`' preset, budget and seeds into `out`.
+    Returns (results.json content, budget, seeds, wall seconds)."""
     from fgrlhf_ray.demo import PRESETS, DemoConfig, run_demo
 
-    out = Path(args.out_dir)
     if args.reuse:
         for stage in ("data", "sft", "rm"):
             src, dst = Path(args.reuse) / stage, out / stage
@@ -120,7 +109,44 @@ def main() -> int:
                                         "num_threads": args.num_threads})
     t0 = time.perf_counter()
     results = run_demo(config)
-    wall = time.perf_counter() - t0
+    return results, budget, config.ppo_seeds, time.perf_counter() - t0
+
+
+def from_demo(out: Path) -> tuple[dict, dict, list[int], str]:
+    """A finished `fgrlhf demo --seeds ...` folder: (results, budget, seeds, preset); nothing runs."""
+    from fgrlhf_ray.demo import PRESETS
+
+    results = json.loads((out / "results.json").read_text())
+    config = results["config"]
+    preset = config.get("preset", "default")
+    budget = results.get("budget") or config.get("budget") or PRESETS[preset].model_dump()
+    return results, budget, list(config["ppo_seeds"]), preset
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", default="/tmp/fgrlhf-bench/sample_efficiency")
+    ap.add_argument("--preset", default="default", choices=["default", "quick"])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budget", nargs="*", default=["ppo_steps=8", "eval_every=2", "prompts_per_step=8",
+                                                    "n_eval_prompts=64"],
+                    help="DemoBudget overrides key=value (default: a small run; [] = the preset's sizes)")
+    ap.add_argument("--metric", default="frac_with_any_error")
+    ap.add_argument("--reuse", default=None, help="copy data/sft/rm stages from this demo output folder")
+    ap.add_argument("--from-demo", default=None,
+                    help="analyse a finished `fgrlhf demo --seeds ...` output folder (its results.json and "
+                         "per-run stage.json) instead of training")
+    ap.add_argument("--num-threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    if args.from_demo:
+        out = Path(args.from_demo)
+        results, budget, seeds, preset = from_demo(out)
+        wall = None
+    else:
+        out, preset = Path(args.out_dir), args.preset
+        results, budget, seeds, wall = train(out, args)
     curves = curves_with_time(out, results, args.metric)
     agg = aggregate(curves)
     target = agg["holistic"][-1]["mean"]
@@ -136,7 +162,7 @@ def main() -> int:
     plot(agg, target, args.metric, png)
     write_result("sample_efficiency", {
         "description": "oracle error rate vs PPO steps / wall time, fine-grained vs holistic, demo pipeline",
-        "preset": args.preset, "budget": budget, "seeds": config.ppo_seeds, "metric": args.metric,
+        "source": str(out), "preset": preset, "budget": budget, "seeds": seeds, "metric": args.metric,
         "target_holistic_final": target, "steps_to_target": reach, "aggregate": agg, "curves": curves,
         "summary": results.get("summary"), "verdict": results.get("verdict"), "stage_seconds": results.get("stage_seconds"),
         "plot": png.name, "wall_s": wall,

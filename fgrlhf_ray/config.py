@@ -546,6 +546,12 @@ class RunConfig(StrictModel):
             )
         if self.learner.lora.enabled and self.learner.critic.shared_backbone:
             raise ValueError("learner.lora.enabled with learner.critic.shared_backbone is not supported")
+        if (self.learner.weight_sync == "broadcast" and self.learner.weight_broadcast_backend() == "nccl"
+                and self.ray.placement == "colocate"):
+            # Colocated, learner rank 0 and an engine share a GPU, and one NCCL communicator
+            # cannot hold two ranks on the same device.
+            raise ValueError("learner.weight_sync 'broadcast' over NCCL needs ray.placement 'separate' "
+                             "(colocated ranks share a GPU); use weight_sync 'object_store' when colocating")
         return self
 
     def effective_reward_weights(self) -> dict[str, float]:

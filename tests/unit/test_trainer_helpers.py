@@ -82,3 +82,9 @@ def test_nccl_broadcast_without_gpus_is_a_config_error_naming_the_field(tmp_path
     path.write_text(path.read_text().replace("weight_sync: broadcast", "weight_sync: nccl"))
     with pytest.raises(ConfigError, match=r"learner\.weight_sync.*object_store.*broadcast"):
         load_config(path)
+
+
+def test_nccl_broadcast_refuses_colocated_placement():
+    with pytest.raises(ValueError, match="needs ray.placement 'separate'"):
+        make_config(learner={"weight_sync": "broadcast", "num_gpus_per_rank": 1}, ray={"placement": "colocate"})
+    make_config(learner={"weight_sync": "broadcast"}, ray={"placement": "colocate"})  # gloo on CPU is fine
