@@ -87,6 +87,17 @@ class VLLMRolloutEngine:
 
         self.model_path = str(model_path)
         self.tokenizer_path = str(tokenizer_path or model_path)
+        llm_kwargs = dict(extra_llm_kwargs or {})
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # When a prefill is chunked, vLLM rolls the discarded token's RNG back with
+            # Generator.set_offset, which CPU generators do not have: a step whose prompts
+            # exceed the token budget (~64 samples of ~120-token prompts) crashes the engine
+            # with "CPU Generator does not use offset" when requests carry seeds, as ours do.
+            # Whole prefills avoid it (vLLM does the same on CPU for MLA models).
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
+            llm_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
         start = time.perf_counter()
         self.llm = vllm.LLM(
             model=self.model_path,
@@ -99,7 +110,7 @@ class VLLMRolloutEngine:
             max_model_len=max_model_len,
             logprobs_mode=logprobs_mode,
             worker_extension_cls=WORKER_EXTENSION,
-            **dict(extra_llm_kwargs or {}),
+            **llm_kwargs,
         )
         self.startup_s = time.perf_counter() - start
         self.tokenizer = self.llm.get_tokenizer()

