@@ -107,7 +107,7 @@ class BroadcastWeightSync:
         try:
             sent, *counts = self._wait([send, *receives], "weight broadcast",
                                        timeout_s=self.timeout_s * (len(plan) + 1))
-        except BaseException as exc:
+        except Exception as exc:  # (not Ctrl-C: the signal handler must not wait on the collective)
             self.group_id = None  # members may be mid-collective: never reuse this group
             # Let rank 0 leave the broken collective (its own per-bucket timeout bounds this)
             # before anyone retries: the next group's rendezvous would queue behind it.
