@@ -6,7 +6,8 @@ A saved reward model is one folder — all a scorer needs:
 
     config.json, model.safetensors   the backbone (`save_pretrained`)
     tokenizer files                  the RM's own tokenizer (`save_pretrained`)
-    rm_head.safetensors              the linear head
+    rm_head.safetensors              the linear head (and the feature head, if any)
+    feature_encoder/                 segment RMs with explicit features: the frozen sentence encoder
     fgrlhf_rm.json                   `RMMetadata`: kind, task, density, labels, μ/σ, backbone, max length …
 
 `load_reward_model(path)` reads the metadata and dispatches on its `kind`. Nothing is
@@ -94,6 +95,8 @@ class RMMetadata:
     min_words: int = 5  # sub-sentence splitter's minimum words
     pooling: str | None = None  # sequence RMs: mean | cls | last
     normalization: dict | None = None  # sequence RMs: {"mean": μ, "std": σ} of training scores
+    segment_features: bool = False  # segment RMs: explicit features (rewards/segment_features.py) in the logit
+    feature_norm: dict | None = None  # their training {"mean": [...], "std": [...]} per column
     training: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

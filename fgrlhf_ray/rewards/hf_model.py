@@ -2,7 +2,8 @@
 `HFRewardModel` (construction from a backbone, save / load, padding, batching).
 
 A saved folder holds the backbone (`save_pretrained`), the tokenizer, the head
-(`rm_head.safetensors`) and `fgrlhf_rm.json` (`RMMetadata`).
+(`rm_head.safetensors`), `fgrlhf_rm.json` (`RMMetadata`) and, for segment RMs with
+explicit features, the frozen sentence encoder in `feature_encoder/`.
 """
 
 from __future__ import annotations
@@ -25,24 +26,36 @@ from fgrlhf_ray.rewards.base import (
 )
 from fgrlhf_ray.types import SegmentRewards
 
+FEATURE_ENCODER_DIR = "feature_encoder"
+
 
 class RMNetwork(nn.Module):
     """`backbone` (any HF AutoModel, encoder or decoder) → hidden states (B, T, H) →
-    linear `head` → (B, T, out_dim)."""
+    linear `head` → (B, T, out_dim); plus, with `n_features` > 0, a linear
+    `feature_head` over per-token explicit features (B, T, F) added to the output
+    (segment RMs put each segment's features at its separator, zeros elsewhere)."""
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, out_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, hidden_size: int, out_dim: int, n_features: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(hidden_size, out_dim)
+        self.feature_head = nn.Linear(n_features, out_dim) if n_features else None
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask → (B, T, H) last hidden states."""
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask → (B, T, out_dim) per-token head outputs."""
-        return self.head(self.hidden(input_ids, attention_mask))
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) ids and mask [+ (B, T, F) features] → (B, T, out_dim) per-token head outputs."""
+        out = self.head(self.hidden(input_ids, attention_mask))
+        if self.feature_head is not None:
+            if features is None:
+                raise ValueError("this reward model was built with explicit features; pass `features`")
+            out = out + self.feature_head(features.to(out.dtype))
+        return out
 
 
 def _resolve_device(device: str | None) -> str:
@@ -62,7 +75,8 @@ class HFRewardModel:
     kind: ClassVar[str] = ""
     out_dim: ClassVar[int] = 1
 
-    def __init__(self, *, network, tokenizer, metadata: RMMetadata, device: str | None = None, batch_size: int = 16):
+    def __init__(self, *, network, tokenizer, metadata: RMMetadata, device: str | None = None, batch_size: int = 16,
+                 feature_encoder=None):
         self.network = network
         self.tokenizer = tokenizer
         self.metadata = metadata
@@ -70,6 +84,10 @@ class HFRewardModel:
         self.batch_size = int(batch_size)
         self.network.to(self.device)
         self.network.eval()
+        # Frozen `SentenceEncoder` of segment RMs with explicit features (else None).
+        self.feature_encoder = feature_encoder
+        if feature_encoder is not None:
+            feature_encoder.model.to(self.device)
         from fgrlhf_ray.rewards.inputs import InputBuilder
 
         self.inputs = InputBuilder(
@@ -112,12 +130,14 @@ class HFRewardModel:
         context_selection: str = "bm25",
         pooling: str = "auto",
         min_words: int = 5,
+        segment_features: bool = False,
         seed: int = 0,
         device: str | None = None,
         batch_size: int = 16,
     ) -> "HFRewardModel":
         """A fresh RM: pretrained backbone from `backbone` (default: the MiniLM package)
-        and a seeded random head."""
+        and a seeded random head. `segment_features` (segment RMs): also a frozen copy of
+        the pretrained backbone as sentence encoder, and both heads start at zero."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if task not in TASKS or TASKS[task][0] != cls.kind:
@@ -134,13 +154,21 @@ class HFRewardModel:
         model_max = getattr(hf_config, "max_position_embeddings", None)
         if model_max and max_length > model_max:
             raise ConfigError(f"max_length={max_length} exceeds the backbone's max_position_embeddings={model_max}")
+        if segment_features and cls.kind != "segment_classifier":
+            raise ConfigError(f"segment_features applies to segment RMs (relevance, factuality), not {task!r}")
         backbone_model = _drop_pooler(AutoModel.from_pretrained(path))
         torch.manual_seed(seed)
         hidden = _hidden_size(hf_config)
-        network = RMNetwork(backbone_model, hidden, cls.out_dim)
+        network = RMNetwork(backbone_model, hidden, cls.out_dim, n_features=_n_features(segment_features))
         with torch.no_grad():
             network.head.weight.normal_(0.0, 0.02)
             network.head.bias.zero_()
+            if network.feature_head is not None:
+                # Untrained = the feature head's prediction alone (warm-started by the trainer).
+                network.head.weight.zero_()
+                network.feature_head.weight.zero_()
+                network.feature_head.bias.zero_()
+        encoder = _sentence_encoder(AutoModel.from_pretrained(path), tokenizer) if segment_features else None
         if pooling == "auto":
             pooling = "last" if is_decoder else "mean"
         meta = RMMetadata(
@@ -156,8 +184,10 @@ class HFRewardModel:
             min_words=min_words,
             pooling=pooling if cls.kind == "sequence_preference" else None,
             labels=["no_error", "error"] if cls.kind == "segment_classifier" else None,
+            segment_features=segment_features,
         )
-        return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size)
+        return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size,
+                   feature_encoder=encoder)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | None = None, batch_size: int = 16) -> "HFRewardModel":
@@ -176,9 +206,21 @@ class HFRewardModel:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         backbone = _drop_pooler(AutoModel.from_pretrained(str(path)))
-        network = RMNetwork(backbone, _hidden_size(hf_config), cls.out_dim)
-        network.head.load_state_dict(load_file(str(head_path)))
-        return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size)
+        network = RMNetwork(backbone, _hidden_size(hf_config), cls.out_dim, n_features=_n_features(meta.segment_features))
+        encoder = None
+        if meta.segment_features:
+            enc_path = Path(path) / FEATURE_ENCODER_DIR
+            if not (enc_path / "config.json").is_file():
+                raise ConfigError(f"{path}: {FEATURE_ENCODER_DIR}/ is missing (the model uses segment features)")
+            encoder = _sentence_encoder(AutoModel.from_pretrained(str(enc_path)), tokenizer)
+        heads = load_file(str(head_path))
+        if network.feature_head is None:
+            network.head.load_state_dict(heads)
+        else:  # saved with "head." / "feature_head." prefixes
+            for prefix, module in (("head.", network.head), ("feature_head.", network.feature_head)):
+                module.load_state_dict({k[len(prefix):]: v for k, v in heads.items() if k.startswith(prefix)})
+        return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size,
+                   feature_encoder=encoder)
 
     def save(self, path: str | os.PathLike, *, network=None) -> Path:
         """Write the folder: backbone `save_pretrained`, tokenizer, head, metadata.
@@ -193,7 +235,13 @@ class HFRewardModel:
         net.backbone.save_pretrained(str(out), safe_serialization=True)
         self.tokenizer.save_pretrained(str(out))
         head = {k: v.detach().to("cpu").contiguous() for k, v in net.head.state_dict().items()}
+        if net.feature_head is not None:  # prefixed keys; a plain head keeps the original layout
+            head = {f"head.{k}": v for k, v in head.items()}
+            head.update({f"feature_head.{k}": v.detach().to("cpu").contiguous()
+                         for k, v in net.feature_head.state_dict().items()})
         save_file(head, str(out / HEAD_FILE))
+        if self.feature_encoder is not None:
+            self.feature_encoder.model.save_pretrained(str(out / FEATURE_ENCODER_DIR), safe_serialization=True)
         (out / METADATA_FILE).write_text(self.metadata.to_json(), encoding="utf-8")
         return out
 
@@ -229,6 +277,18 @@ def _drop_pooler(backbone: nn.Module) -> nn.Module:
     if isinstance(pooler, nn.Module):
         pooler.requires_grad_(False)
     return backbone
+
+
+def _n_features(segment_features: bool) -> int:
+    from fgrlhf_ray.rewards.segment_features import FEATURE_NAMES
+
+    return len(FEATURE_NAMES) if segment_features else 0
+
+
+def _sentence_encoder(model: nn.Module, tokenizer):
+    from fgrlhf_ray.rewards.segment_features import SentenceEncoder
+
+    return SentenceEncoder(_drop_pooler(model), tokenizer)
 
 
 def _is_decoder_config(cfg: Any) -> bool:

@@ -105,3 +105,40 @@ def edit_masks(original: Sequence, edited: Sequence) -> tuple[list[int], list[in
         if tag in ("insert", "replace"):
             em[j1:j2] = [1] * (j2 - j1)
     return om, em
+
+
+def changed_token_loss(
+    rewards: torch.Tensor,
+    added: torch.Tensor,
+    changed: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Dense auxiliary loss for the token-level RM: every token an edit touched is
+    classified on its own, its reward r_t being the logit of "the editor wrote this
+    token" (inserted / replacing in the edited response) against "the editor removed it"
+    (deleted / replaced in the original).
+
+    The pairwise edit loss only constrains one *sum* per pair; with a few hundred pairs
+    that leaves the per-token rewards free to fit noise. Unchanged tokens are not
+    labelled (they cancel in the pairwise margin), and the classes are not re-weighted,
+    so the reward's base rate keeps what the data says: editors remove more than they
+    write.
+
+    Args:
+        rewards: (B, T) per-token rewards r_t (used as logits).
+        added: (B, T) 1 where a changed token was written by the editor, 0 where removed.
+        changed: (B, T) 1 on changed tokens, 0 elsewhere (unchanged, prompt, padding).
+
+    Returns:
+        loss = Σ_t changed·BCE(r_t, added_t) / Σ_t changed (0 when nothing changed), and
+        stats {accuracy (sign of r_t matches), added_fraction}.
+    """
+    changed = changed.float()
+    n = changed.sum()
+    if float(n) == 0:
+        return rewards.sum() * 0.0, {"accuracy": float("nan"), "added_fraction": float("nan")}
+    added = added.float() * changed
+    bce = F.binary_cross_entropy_with_logits(rewards, added, reduction="none")  # (B, T)
+    loss = (bce * changed).sum() / n
+    with torch.no_grad():
+        right = (((rewards > 0).float() == added).float() * changed).sum() / n
+    return loss, {"accuracy": right.item(), "added_fraction": (added.sum() / n).item()}

@@ -4,6 +4,9 @@ sentence) reward models: token classification at separator tokens.
 Input: ``[CLS] question: Q [context: passages] answer: <sep> seg1 <sep> seg2 … [SEP]``;
 the label of segment k sits on the separator before it, every other token is ignored
 (-100). The head gives 2 logits per token; P(error) = softmax(logits at sep)[1].
+With `segment_features` the logit at each separator also gets a linear term in that
+segment's explicit features (position, similarity to the question and to the other
+segments; `fgrlhf_ray.rewards.segment_features`), standardised by training statistics.
 
 `score` returns, per response, one `Segment` per sentence / sub-sentence with
 value +1 (no error) or −1 (error), label "no_error" / "error" and the probability of
@@ -21,7 +24,8 @@ import torch
 from fgrlhf_ray.data.rm_data import SegmentExample, segment_splitter
 from fgrlhf_ray.rewards.base import check_pair_lengths
 from fgrlhf_ray.rewards.hf_model import HFRewardModel
-from fgrlhf_ray.rewards.inputs import InputStats, SegmentWindow
+from fgrlhf_ray.rewards.inputs import InputStats, SegmentWindow, split_prompt
+from fgrlhf_ray.rewards.segment_features import FEATURE_NAMES, standardize
 from fgrlhf_ray.rewards.losses import IGNORE_INDEX, segment_classification_loss
 from fgrlhf_ray.types import Segment, SegmentRewards
 
@@ -46,10 +50,34 @@ class SegmentClassifierRM(HFRewardModel):
         """The response's segments as the RM sees them (sentences or sub-sentences)."""
         return self._split(response)
 
+    # ------------------------------------------------------------- explicit features
+    def raw_segment_features(
+        self, prompts: Sequence[str], responses: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> list[list[list[float]]] | None:
+        """Unstandardised feature rows per segment (None without `segment_features`)."""
+        if self.feature_encoder is None:
+            return None
+        questions = [split_prompt(p, self.metadata.context_marker)[0] for p in prompts]
+        return self.feature_encoder.feature_rows(questions, responses, spans)
+
+    def _feature_tensor(self, shape: tuple[int, int], placed: list[list[tuple[int, list[float]]]]) -> torch.Tensor:
+        """(B, T, F): each (position, raw row) of row b standardised at [b, position], zeros elsewhere."""
+        feats = torch.zeros((*shape, len(FEATURE_NAMES)), dtype=torch.float32)
+        norm = self.metadata.feature_norm
+        for b, items in enumerate(placed):
+            if not items:
+                continue
+            rows = [r for _, r in items]
+            rows = standardize(rows, norm) if norm else rows
+            feats[b, [p for p, _ in items]] = torch.tensor(rows, dtype=torch.float32)
+        return feats.to(self.device)
+
     # ------------------------------------------------------------------ training
     def features(self, example: SegmentExample) -> list[dict]:
         """One feature dict per window: `input_ids` (T,) and `labels` (T,) with the
-        segment label (1 error / 0 no error) at its separator and -100 elsewhere."""
+        segment label (1 error / 0 no error) at its separator and -100 elsewhere; with
+        explicit features also `seg_features`: (separator position, raw row) pairs."""
+        raw = self.raw_segment_features([example.prompt], [example.response], [example.spans])
         out = []
         for win in self.inputs.segment_windows(example.prompt, example.response, example.spans):
             labels = [IGNORE_INDEX] * len(win.input_ids)
@@ -57,7 +85,10 @@ class SegmentClassifierRM(HFRewardModel):
                 lab = example.labels[k]
                 if lab is not None:
                     labels[pos] = int(lab)
-            out.append({"input_ids": win.input_ids, "labels": labels, "stats": win.stats.as_dict()})
+            f = {"input_ids": win.input_ids, "labels": labels, "stats": win.stats.as_dict()}
+            if raw is not None:
+                f["seg_features"] = [(pos, raw[0][k]) for pos, k in zip(win.sep_positions, win.segment_indices)]
+            out.append(f)
         return out
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
@@ -65,11 +96,14 @@ class SegmentClassifierRM(HFRewardModel):
         labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.long)
         for i, f in enumerate(features):
             labels[i, : len(f["labels"])] = torch.tensor(f["labels"], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels.to(self.device)}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels.to(self.device)}
+        if self.feature_encoder is not None:
+            batch["features"] = self._feature_tensor(tuple(ids.shape), [f["seg_features"] for f in features])
+        return batch
 
     def compute_loss(self, batch: dict[str, torch.Tensor], module=None) -> tuple[torch.Tensor, dict]:
         net = module if module is not None else self.network
-        logits = net(batch["input_ids"], batch["attention_mask"])  # (B, T, 2)
+        logits = net(batch["input_ids"], batch["attention_mask"], batch.get("features"))  # (B, T, 2)
         weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
         return segment_classification_loss(logits.float(), batch["labels"], class_weights=weights)
 
@@ -94,10 +128,16 @@ class SegmentClassifierRM(HFRewardModel):
                     st.add(w.stats)
                 st.windows = len(wins)
             stats.append(st)
+        raw = self.raw_segment_features(prompts, responses, spans)
         probs: list[list[float]] = [[0.0] * len(sp) for sp in spans]
         for batch in self._batches([len(w.input_ids) for _, w in windows]):
             ids, mask = self._pad([windows[j][1].input_ids for j in batch])
-            p_err = torch.softmax(self.network(ids, mask).float(), dim=-1)[..., 1].cpu()  # (B, T)
+            feats = None
+            if raw is not None:
+                placed = [[(pos, raw[windows[j][0]][k]) for pos, k in zip(windows[j][1].sep_positions,
+                                                                       windows[j][1].segment_indices)] for j in batch]
+                feats = self._feature_tensor(tuple(ids.shape), placed)
+            p_err = torch.softmax(self.network(ids, mask, feats).float(), dim=-1)[..., 1].cpu()  # (B, T)
             for row, j in enumerate(batch):
                 i, win = windows[j]
                 for pos, k in zip(win.sep_positions, win.segment_indices):

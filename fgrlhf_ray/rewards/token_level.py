@@ -22,7 +22,7 @@ from fgrlhf_ray.data.rm_data import EditPair
 from fgrlhf_ray.rewards.base import check_pair_lengths
 from fgrlhf_ray.rewards.hf_model import HFRewardModel
 from fgrlhf_ray.rewards.inputs import TokenLayout
-from fgrlhf_ray.rewards.losses import edit_masks, token_edit_loss
+from fgrlhf_ray.rewards.losses import changed_token_loss, edit_masks, token_edit_loss
 from fgrlhf_ray.types import Segment, SegmentRewards
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ class TokenLevelRM(HFRewardModel):
 
     kind = "token_level"
     out_dim = 1
+    #: Weight α of the dense per-token loss (`changed_token_loss`) added to the pairwise
+    #: edit loss in training; 0 = the pairwise loss alone. Set by the trainer.
+    changed_token_loss_weight: float = 0.0
 
     # ------------------------------------------------------------------ training
     def edit_layouts(self, pair: EditPair) -> tuple[TokenLayout, TokenLayout, list[int], list[int]]:
@@ -60,7 +63,7 @@ class TokenLevelRM(HFRewardModel):
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         b = len(features)
         ids, mask = self._pad([f["original_ids"] for f in features] + [f["edited_ids"] for f in features])
-        changed = torch.zeros(ids.shape, dtype=torch.float32)
+        changed = torch.zeros(ids.shape, dtype=torch.float32)  # (2B, T) 1 on changed response tokens
         for i, f in enumerate(features):
             changed[i, f["original_changed"]] = 1.0
             changed[b + i, f["edited_changed"]] = 1.0
@@ -71,7 +74,13 @@ class TokenLevelRM(HFRewardModel):
         r = net(batch["input_ids"], batch["attention_mask"]).squeeze(-1).float()  # (2B, T)
         b = r.shape[0] // 2
         m = batch["changed"]
-        return token_edit_loss(r[:b], m[:b], r[b:], m[b:])
+        loss, stats = token_edit_loss(r[:b], m[:b], r[b:], m[b:])
+        if self.changed_token_loss_weight > 0:
+            added = torch.cat([torch.zeros_like(m[:b]), torch.ones_like(m[b:])])  # (2B, T): edited side = written
+            dense, dense_stats = changed_token_loss(r, added, m)
+            loss = loss + self.changed_token_loss_weight * dense
+            stats.update({f"changed_{k}": v for k, v in dense_stats.items()})
+        return loss, stats
 
     # ------------------------------------------------------------------- scoring
     @torch.inference_mode()

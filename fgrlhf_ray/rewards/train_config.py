@@ -107,6 +107,12 @@ class RewardModelTrainConfig(StrictModel):
     sub_sentence_min_words: int = Field(5, ge=1)
     """Relevance: minimum words per sub-sentence (paper A: 5)."""
 
+    segment_features: bool = False
+    """Segment RMs: add explicit per-segment features (position, similarity to the question
+    and to the other segments, from a frozen copy of the backbone used as sentence encoder)
+    to the logit at each separator; their linear head is warm-started by logistic
+    regression on the training segments. Saved models then carry `feature_encoder/`."""
+
     epochs: int = Field(3, ge=1)
     """Passes over the training examples; one checkpoint per epoch."""
 
@@ -115,6 +121,12 @@ class RewardModelTrainConfig(StrictModel):
 
     lr: float = Field(5e-5, gt=0)
     """Peak AdamW learning rate (linear warm-up, then linear decay to 0)."""
+
+    head_lr: float | None = Field(None, gt=0)
+    """Peak learning rate of the RM's head(s) (same schedule); null = `lr`. A fresh linear
+    head on a pretrained encoder often wants a larger one: at lr 5e-5 Adam moves the
+    head's bias by at most ~5e-5 per step, too little to learn a base rate in a few
+    hundred steps."""
 
     weight_decay: float = Field(0.01, ge=0)
     """AdamW weight decay (not applied to biases and LayerNorm weights)."""
@@ -133,6 +145,11 @@ class RewardModelTrainConfig(StrictModel):
 
     error_class_weight: float = Field(1.0, gt=0)
     """Segment RMs: cross-entropy weight of the error class (no-error has 1)."""
+
+    changed_token_loss_weight: float = Field(0.0, ge=0)
+    """Token-level RM: weight α of a dense loss on the tokens an edit changed (each one's
+    reward as the logit of "written by the editor" vs "removed by the editor") added to
+    the pairwise edit loss; 0 = off."""
 
     tune_threshold: bool = True
     """Segment RMs: pick the P(error) threshold maximising the dev metric (stored with the model)."""
@@ -179,6 +196,10 @@ class RewardModelTrainConfig(StrictModel):
             raise ValueError("num_workers > 1 needs use_ray_train: true")
         if self.strategy == "deepspeed" and not self.use_ray_train:
             raise ValueError("strategy deepspeed needs use_ray_train: true (Ray Train sets up the process group)")
+        if self.segment_features and self.task not in ("relevance", "factuality"):
+            raise ValueError(f"segment_features applies to relevance and factuality, not task {self.task!r}")
+        if self.changed_token_loss_weight and self.task != "token_level":
+            raise ValueError(f"changed_token_loss_weight applies to task token_level, not {self.task!r}")
         if self.bf16 and not self.use_gpu:
             raise ValueError("bf16 needs use_gpu: true (CPU training stays float32)")
         return self

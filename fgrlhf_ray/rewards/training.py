@@ -41,6 +41,7 @@ from fgrlhf_ray.errors import ConfigError, DataError
 from fgrlhf_ray.rewards.base import METADATA_FILE, TASKS, RMMetadata
 from fgrlhf_ray.rewards.hf_model import HFRewardModel
 from fgrlhf_ray.rewards.evaluation import DEV_METRIC, best_threshold, evaluate, segment_predictions
+from fgrlhf_ray.rewards.losses import IGNORE_INDEX
 from fgrlhf_ray.rewards.train_config import RMDataConfig, RewardModelTrainConfig
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def build_rm(cfg: RewardModelTrainConfig, *, device: str | None = "cpu") -> HFRe
         context_selection=cfg.context_selection,
         pooling=cfg.pooling,
         min_words=cfg.sub_sentence_min_words,
+        segment_features=cfg.segment_features,
         seed=cfg.seed,
         device=device,
         batch_size=cfg.eval_batch_size,
@@ -251,13 +253,18 @@ class _RaySession:
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
 
 
-def _param_groups(module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(module, weight_decay: float, lr: float, head_lr: float | None = None) -> list[dict]:
+    """AdamW groups: (backbone | heads) × (decayed | not decayed: biases, LayerNorms);
+    the heads (`head`, `feature_head`) get `head_lr` when given."""
+    groups: dict[tuple[bool, bool], list] = {}
     for n, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in n or "layernorm" in n or n.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        is_head = n.startswith(("head.", "feature_head."))
+        no_decay = p.ndim < 2 or "LayerNorm" in n or "layernorm" in n or n.endswith(".bias")
+        groups.setdefault((is_head, no_decay), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr": (head_lr or lr) if head else lr}
+            for (head, nd), ps in sorted(groups.items())]
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -275,6 +282,67 @@ def _feature_stats(features: list[dict]) -> dict:
         for k, v in (f.get("stats") or {}).items():
             agg[k] += v
     return dict(agg)
+
+
+def _init_feature_head(rm, features: list[dict], error_weight: float, *, log: bool) -> None:
+    """Store the training segments' feature statistics with the model and warm-start its
+    feature head by logistic regression on the labelled ones (same result on every rank)."""
+    import torch
+
+    from fgrlhf_ray.rewards.segment_features import FEATURE_NAMES, feature_norm, fit_feature_head, standardize
+
+    rows = [row for f in features for _, row in f["seg_features"]]
+    rm.metadata.feature_norm = feature_norm(rows)
+    labelled = [(row, f["labels"][pos]) for f in features for pos, row in f["seg_features"]
+                if f["labels"][pos] != IGNORE_INDEX]
+    if not labelled:
+        return
+    x = standardize([r for r, _ in labelled], rm.metadata.feature_norm)
+    w, b = fit_feature_head(x, [y for _, y in labelled], error_weight=error_weight)
+    with torch.no_grad():  # logits (no_error, error) = (0, w·x + b)
+        rm.network.feature_head.weight.zero_()
+        rm.network.feature_head.bias.zero_()
+        rm.network.feature_head.weight[1] = w.to(rm.network.feature_head.weight.device)
+        rm.network.feature_head.bias[1] = b
+    if log:
+        logger.info("segment features: warm-started on %d labelled segments; weights %s", len(labelled),
+                    ", ".join(f"{n} {v:+.2f}" for n, v in zip(FEATURE_NAMES, w.tolist())))
+
+
+def _evaluate_and_report(rm, cfg: RewardModelTrainConfig, dev_examples: list, metrics: dict, cut: dict,
+                         session, engine, rank: int) -> None:
+    """Evaluate on dev (tuning a segment RM's threshold if asked), then save a checkpoint
+    named `epoch_{metrics["epoch"]}` and report it with `metrics` (updated in place)."""
+    rm.network.eval()
+    epoch = metrics["epoch"]
+    # Every rank evaluates (identical work): under ZeRO-3 the forward passes gather
+    # parameters collectively, so rank 0 cannot run them alone.
+    if dev_examples:
+        if rm.kind == "segment_classifier" and cfg.tune_threshold:
+            gold, p_err = segment_predictions(rm, dev_examples)
+            thr, _ = best_threshold(gold, p_err, DEV_METRIC[cfg.task])
+            rm.metadata.threshold = thr
+        dev = evaluate(rm, dev_examples, seed=cfg.seed)
+        metrics["dev_metric"] = dev["dev_metric"]
+        metrics["dev"] = {k: v for k, v in dev.items() if isinstance(v, (int, float, str))}
+    else:
+        metrics["dev_metric"] = -metrics["train_loss"]  # no dev set: lowest training loss wins
+    if rank == 0:
+        loss = metrics["train_loss"]
+        logger.info("[%s] epoch %d: train_loss %s, dev %s %.4f", rm.name, epoch,
+                    "-" if loss is None else f"{loss:.4f}", DEV_METRIC[cfg.task] if dev_examples else "(-train_loss)",
+                    metrics["dev_metric"])
+    rm.metadata.training = {"epoch": epoch, "metrics": metrics, "input_cuts": cut}
+    with tempfile.TemporaryDirectory(prefix="fgrlhf_rm_ckpt_") as tmp:
+        if cfg.zero_stage == 3 and engine is not None:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(rm.network.parameters()), modifier_rank=None):
+                if rank == 0:
+                    rm.save(tmp)
+        elif rank == 0:
+            rm.save(tmp)
+        session.report(metrics, tmp if rank == 0 else None, f"epoch_{epoch}")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -311,6 +379,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rm = build_rm(cfg, device=device)
     if rm.kind == "segment_classifier":
         rm.class_weights = torch.tensor([1.0, cfg.error_class_weight])
+    if rm.kind == "token_level":
+        rm.changed_token_loss_weight = cfg.changed_token_loss_weight
 
     # Pre-encode once: tokenisation + passage selection are the same every epoch.
     features: list[dict] = []
@@ -329,6 +399,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         cfg.context_selection)
     if not features:
         raise DataError("no training inputs after encoding (all examples were skipped)")
+    if rm.feature_encoder is not None:
+        _init_feature_head(rm, features, cfg.error_class_weight, log=rank == 0)
 
     per_rank = len(features) // world if world > 1 else len(features)
     if per_rank == 0:
@@ -338,7 +410,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    optimizer = torch.optim.AdamW(_param_groups(rm.network, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(_param_groups(rm.network, cfg.weight_decay, cfg.lr, cfg.head_lr), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps)))
     module: Any = rm.network
     engine = None
@@ -364,6 +436,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from tqdm.auto import tqdm
 
+    if rm.feature_encoder is not None and splits["dev"]:
+        # The warm-started feature head alone is a candidate too ("epoch 0"): with little
+        # data, fine-tuning the encoder may add more noise than signal, and dev decides.
+        _evaluate_and_report(rm, cfg, splits["dev"], {"epoch": 0, "step": 0, "train_loss": None}, cut, session,
+                             engine, rank)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         order = list(range(len(features)))
@@ -394,35 +471,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{run_loss / n_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.close()
-        rm.network.eval()
         metrics: dict = {"epoch": epoch, "step": step, "train_loss": run_loss / max(1, n_loss),
                          "epoch_seconds": time.time() - t0}
-        # Every rank evaluates (identical work): under ZeRO-3 the forward passes gather
-        # parameters collectively, so rank 0 cannot run them alone.
-        if splits["dev"]:
-            if rm.kind == "segment_classifier" and cfg.tune_threshold:
-                gold, p_err = segment_predictions(rm, splits["dev"])
-                thr, _ = best_threshold(gold, p_err, DEV_METRIC[cfg.task])
-                rm.metadata.threshold = thr
-            dev = evaluate(rm, splits["dev"], seed=cfg.seed)
-            metrics["dev_metric"] = dev["dev_metric"]
-            metrics["dev"] = {k: v for k, v in dev.items() if isinstance(v, (int, float, str))}
-        else:
-            metrics["dev_metric"] = -metrics["train_loss"]  # no dev set: lowest training loss wins
-        if rank == 0:
-            logger.info("[%s] epoch %d: train_loss %.4f, dev %s %.4f", rm.name, epoch, metrics["train_loss"],
-                        DEV_METRIC[cfg.task] if splits["dev"] else "(-train_loss)", metrics["dev_metric"])
-        rm.metadata.training = {"epoch": epoch, "metrics": metrics, "input_cuts": cut}
-        with tempfile.TemporaryDirectory(prefix="fgrlhf_rm_ckpt_") as tmp:
-            if cfg.zero_stage == 3 and engine is not None:
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters(list(rm.network.parameters()), modifier_rank=None):
-                    if rank == 0:
-                        rm.save(tmp)
-            elif rank == 0:
-                rm.save(tmp)
-            session.report(metrics, tmp if rank == 0 else None, f"epoch_{epoch}")
+        _evaluate_and_report(rm, cfg, splits["dev"], metrics, cut, session, engine, rank)
         if cfg.max_steps and step >= cfg.max_steps:
             break
 
@@ -436,10 +487,13 @@ def pick_best(checkpoints: list[tuple[Path, dict]]) -> tuple[Path, dict]:
 
 
 def _copy_model_files(src: Path, dest: Path) -> None:
+    """Copy a checkpoint's model files and folders (e.g. `feature_encoder/`) over `dest`'s."""
     dest.mkdir(parents=True, exist_ok=True)
     for item in src.iterdir():
         if item.is_file():
             shutil.copy2(item, dest / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, dest / item.name, dirs_exist_ok=True)
 
 
 def _free_port() -> int:

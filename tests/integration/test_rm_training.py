@@ -113,6 +113,26 @@ def test_ray_train_torchtrainer_one_cpu_worker(tmp_path, bert, data):
     assert rm.score(["question: q"], ["It is fine. It was bad."])[0].segments
 
 
+def test_segment_features_through_ray_train(tmp_path, bert, data):
+    # The warm-started feature head is checkpoint "epoch_0"; the best checkpoint's frozen
+    # sentence encoder travels with it out of Ray Train's storage into the model folder.
+    cfg = config("relevance", data["relevance"], bert, tmp_path / "sf", use_ray_train=True, num_workers=1,
+                 cpus_per_worker=1, epochs=3, lr=5e-3, segment_features=True, tune_threshold=False)
+    summary = train_reward_model(cfg)
+    assert [m["epoch"] for m in sorted(summary["history"], key=lambda m: m["epoch"])] == [0, 1, 2, 3]
+    assert summary["best_dev_metric"] >= 0.8, summary["history"]  # the encoder still learns the task
+    out = tmp_path / "sf"
+    assert (out / "feature_encoder" / "model.safetensors").is_file()
+    rm = load_reward_model(out)
+    assert rm.metadata.segment_features and len(rm.metadata.feature_norm["mean"]) == 10
+    assert rm.network.feature_head.weight.abs().sum() > 0  # warm-started, not left at zero
+    best = load_reward_model(next(p for p in (out / CHECKPOINTS_DIR).rglob("epoch_*")
+                                  if p.name == f"epoch_{summary['best_epoch']}"))
+    text = "The port is known for its old bridges. Bad wrong numbers 1999 appear here."
+    assert ([s.probability for s in rm.score(["question: q"], [text])[0].segments]
+            == pytest.approx([s.probability for s in best.score(["question: q"], [text])[0].segments]))
+
+
 @pytest.mark.parametrize("strategy, stage", [("ddp", 0), ("deepspeed", 3)])
 def test_ray_train_two_cpu_workers_ddp_and_deepspeed(tmp_path, bert, data, strategy, stage, monkeypatch):
     from fgrlhf_ray.rewards.evaluation import evaluate

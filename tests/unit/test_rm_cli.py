@@ -92,6 +92,9 @@ def test_train_config_validation():
         ({"bf16": True}, "bf16 needs use_gpu"),
         ({"data": {"train_path": "x", "dev_path": "d", "dev_size": 5}}, "either data.dev_path or data.dev_size"),
         ({"surprise": 1}, "Extra inputs are not permitted"),
+        ({"task": "holistic", "segment_features": True}, "segment_features applies to relevance and factuality"),
+        ({"changed_token_loss_weight": 1.0}, "changed_token_loss_weight applies to task token_level"),
+        ({"head_lr": 0}, "head_lr"),
     ]:
         with pytest.raises(Exception, match=msg):
             RewardModelTrainConfig.model_validate({**base, **bad})

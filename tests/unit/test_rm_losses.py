@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fgrlhf_ray.rewards.losses import (
+    changed_token_loss,
     IGNORE_INDEX,
     bradley_terry_loss,
     edit_masks,
@@ -108,3 +109,16 @@ def test_edit_masks_from_opcodes():
     long_e = ["the"] * 300 + ["y"]
     om, em = edit_masks(long_o, long_e)
     assert sum(om) == 1 and sum(em) == 1 and om[-1] == 1
+
+
+def test_changed_token_loss_hand_computed():
+    # changed tokens: a removed one (logit 1.0) and a written one (logit 2.0); the others
+    # are unchanged or padding and do not count.
+    r = torch.tensor([[1.0, 5.0, 0.0], [2.0, -7.0, 9.0]])
+    added = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    changed = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    loss, stats = changed_token_loss(r, added, changed)
+    assert loss.item() == pytest.approx((-_log_sigmoid(-1.0) - _log_sigmoid(2.0)) / 2, abs=1e-6)
+    assert stats["accuracy"] == pytest.approx(0.5) and stats["added_fraction"] == pytest.approx(0.5)
+    empty, _ = changed_token_loss(r, added, torch.zeros_like(changed))
+    assert empty.item() == 0.0

@@ -21,6 +21,7 @@ from fgrlhf_ray.rewards import (
 from fgrlhf_ray.rewards.base import METADATA_FILE
 from fgrlhf_ray.rewards.sequence_preference import pool_hidden
 from fgrlhf_ray.rewards.tiny import build_tiny_bert
+from fgrlhf_ray.data.rm_data import SegmentExample
 from fgrlhf_ray.segments import split_sentences, split_sub_sentences
 
 PROMPT = ("question: who led the british at princeton? context: wikipage: Princeton text: "
@@ -62,6 +63,7 @@ def _scores(out):
     [
         (SegmentClassifierRM, "relevance", {}),
         (SegmentClassifierRM, "factuality", {"use_context": True}),
+        (SegmentClassifierRM, "relevance", {"segment_features": True}),
         (SequencePreferenceRM, "holistic", {}),
         (TokenLevelRM, "token_level", {}),
     ],
@@ -69,6 +71,10 @@ def _scores(out):
 def test_save_load_gives_identical_scores(bert, tmp_path, cls, task, extra):
     rm = cls.from_backbone(bert, task=task, max_length=64, **extra)
     _perturb_head(rm)
+    if rm.network.feature_head is not None:  # features must reach the scores
+        rm.metadata.feature_norm = {"mean": [0.5] * 10, "std": [2.0] * 10}
+        with torch.no_grad():
+            rm.network.feature_head.weight.normal_(0.0, 3.0)
     prompts = [PROMPT] * len(RESPONSES)
     before = rm.score(prompts, RESPONSES)
     rm.save(tmp_path / "rm")
@@ -227,3 +233,46 @@ def test_default_backbone_is_the_installed_minilm_package():
     path = Path(default_backbone_path())
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
     assert json.loads((path / "config.json").read_text())["hidden_size"] == 384
+
+
+def test_segment_features_change_the_logits_and_need_their_encoder(bert, tmp_path):
+    plain = SegmentClassifierRM.from_backbone(bert, task="relevance", max_length=128)
+    feat = SegmentClassifierRM.from_backbone(bert, task="relevance", max_length=128, segment_features=True)
+    _perturb_head(plain)
+    _perturb_head(feat)
+    r = RESPONSES[0]
+    spans = split_sub_sentences(r)
+    # A zero feature head (the untrained state) leaves the classifier's probabilities as they are.
+    assert feat.predict_proba([PROMPT], [r], [spans])[0][0] == pytest.approx(plain.predict_proba([PROMPT], [r], [spans])[0][0])
+    with torch.no_grad():
+        feat.network.feature_head.weight[1, 0] = 5.0  # "later segments are errors"
+    p = feat.predict_proba([PROMPT], [r], [spans])[0][0]
+    base = plain.predict_proba([PROMPT], [r], [spans])[0][0]
+    assert p[0] == pytest.approx(base[0], abs=1e-6) and p[1] > base[1]  # index 0 vs 1
+    [f] = feat.features(SegmentExample(PROMPT, r, spans, [0] * len(spans)))
+    assert [pos for pos, _ in f["seg_features"]] == [i for i, t in enumerate(f["input_ids"]) if t == feat.tokenizer.sep_token_id][: len(spans)]
+    assert torch.isfinite(feat.compute_loss(feat.collate([f]))[0])
+    feat.save(tmp_path / "rm")
+    assert (tmp_path / "rm" / "feature_encoder" / "config.json").is_file()
+    import shutil
+
+    shutil.rmtree(tmp_path / "rm" / "feature_encoder")
+    with pytest.raises(ConfigError, match="feature_encoder/ is missing"):
+        load_reward_model(tmp_path / "rm")
+    with pytest.raises(ConfigError, match="segment_features applies to segment RMs"):
+        SequencePreferenceRM.from_backbone(bert, task="holistic", segment_features=True)
+
+
+def test_token_level_changed_token_loss_is_added_when_weighted(bert):
+    from fgrlhf_ray.data.rm_data import EditPair
+
+    tok = TokenLevelRM.from_backbone(bert, task="token_level", max_length=128)
+    _perturb_head(tok)
+    [f] = tok.features(EditPair(PROMPT, "It was Cornwallis, and it was cold.", "It was Cornwallis, surely."))
+    batch = tok.collate([f])
+    plain, _ = tok.compute_loss(batch)
+    tok.changed_token_loss_weight = 0.5
+    both, stats = tok.compute_loss(batch)
+    n_removed, n_written = len(f["original_changed"]), len(f["edited_changed"])
+    assert both.item() > plain.item()
+    assert stats["changed_added_fraction"] == pytest.approx(n_written / (n_removed + n_written))

@@ -8,7 +8,7 @@ import pytest
 
 from fgrlhf_ray.data.rm_data import PreferencePair, SplitSpec, group_fingerprint, split_groups
 from fgrlhf_ray.errors import ConfigError
-from fgrlhf_ray.rewards.training import _lr_lambda, detect_format, pick_best, select_split
+from fgrlhf_ray.rewards.training import _lr_lambda, _param_groups, detect_format, pick_best, select_split
 
 
 def test_select_split_reproduces_the_stored_split():
@@ -42,3 +42,24 @@ def test_detect_format():
     assert detect_format("a/b.jsonl", "auto") == "jsonl"
     assert detect_format("a/b.json", "auto") == "qa_feedback"
     assert detect_format("a/b.json", "jsonl") == "jsonl"
+
+
+def test_param_groups_give_the_heads_their_own_learning_rate():
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+            self.head = torch.nn.Linear(4, 1)
+            self.feature_head = torch.nn.Linear(3, 1)
+            self.frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+
+    net = Net()
+    groups = _param_groups(net, 0.01, 1e-5, 1e-3)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert len(by_id) == sum(p.numel() > 0 for p in net.parameters() if p.requires_grad)  # frozen ones left out
+    assert by_id[id(net.head.weight)]["lr"] == 1e-3 and by_id[id(net.head.weight)]["weight_decay"] == 0.01
+    assert by_id[id(net.feature_head.bias)]["lr"] == 1e-3 and by_id[id(net.feature_head.bias)]["weight_decay"] == 0.0
+    assert by_id[id(net.backbone[0].weight)]["lr"] == 1e-5 and by_id[id(net.backbone[1].weight)]["weight_decay"] == 0.0
+    assert {g["lr"] for g in _param_groups(net, 0.01, 1e-5)} == {1e-5}  # no head_lr: one rate
