@@ -10,6 +10,7 @@ import ray
 
 from fgrlhf_ray.reliability import actor_health, ensure_actor
 
+from fgrlhf_ray.audit import judge_rollout
 from fgrlhf_ray.config import RewardModelConfig
 from fgrlhf_ray.scorers import build_scorer, credential_env_var, normalization_of, score_rollout
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
@@ -26,6 +27,10 @@ class ScorerActor:
 
     def score(self, rollout: RolloutBatch, start: int = 0, stop: int | None = None) -> list[SegmentRewards]:
         return score_rollout(self.scorer, rollout, start=start, stop=stop)
+
+    def judge(self, rollout: RolloutBatch, indices: list[int]) -> tuple[list[SegmentRewards], float]:
+        """Audit judge: verdicts on samples `indices` and the seconds they took (`fgrlhf_ray.audit`)."""
+        return judge_rollout(self.scorer, rollout, indices)
 
     def health(self) -> dict:
         """pid, resident memory, whether Ray restarted this actor (see `fgrlhf_ray.reliability`)."""

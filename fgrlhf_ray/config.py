@@ -466,6 +466,62 @@ class CheckpointConfig(StrictModel):
     """Complete checkpoints kept; older ones are deleted."""
 
 
+# ------------------------------------------------------------- reward diagnostics, audit
+
+
+class DiagnosticsConfig(StrictModel):
+    enabled: bool = True
+    """Compute per-RM reward-signal statistics every step (`diag/<rm>/...` metrics) and warn about
+    reward models that look blind or gamed (see docs/reward_diagnostics.md)."""
+
+    patience: int = Field(3, ge=1)
+    """A condition must hold this many consecutive steps before its warning fires (once; again only
+    after it cleared)."""
+
+    max_label_share: float = Field(0.95, gt=0.5, le=1.0)
+    """Warn when a segment RM gives one label (error or no_error) to at least this share of the
+    batch's segments: its reward is then a segment-count bonus or penalty."""
+
+    min_total_std: float = Field(0.01, ge=0.0)
+    """Warn when the std over the batch of an RM's per-sample total is at most this many times its
+    normalisation std (`normalize_std`, the stored σ, else 1): every answer gets the same reward."""
+
+    max_length_corr: float = Field(0.95, gt=0.0, le=1.0)
+    """Warn when |Pearson(per-sample total, response length in policy tokens)| reaches this."""
+
+    max_segment_corr: float = Field(0.98, gt=0.0, le=1.0)
+    """Warn when |Pearson(per-sample total, number of segments)| reaches this."""
+
+    max_pair_corr: float = Field(0.99, gt=0.0, le=1.0)
+    """Warn when two RMs' per-sample totals correlate at least this much (|Pearson|)."""
+
+    min_samples: int = Field(8, ge=3)
+    """Correlation-based warnings need a rollout batch of at least this many samples (fewer give
+    noise); the statistics are logged regardless."""
+
+
+class AuditConfig(StrictModel):
+    judge: RewardModelConfig | None = None
+    """The audit judge: any scorer, written like a reward model (`kind: function | http | serve`, or a
+    saved RM `path`); null = no audit. It scores a sample of each audited step's rollouts in its own
+    actor, off the critical path; its verdicts never enter the reward."""
+
+    sample_rate: float = Field(0.25, gt=0.0, le=1.0)
+    """Share of an audited step's rollout samples the judge scores (at least `min_samples`)."""
+
+    every: int = Field(1, ge=1)
+    """Audit every k-th step."""
+
+    min_samples: int = Field(2, ge=1)
+    """Fewest samples per audit (Spearman needs two)."""
+
+    record_responses: bool = True
+    """Write the audited prompts and responses to `<logging.dir>/audit.jsonl` with the verdicts."""
+
+    flush_timeout_s: float = Field(300.0, gt=0.0)
+    """At the end of the run, wait at most this long for the last audit's result."""
+
+
 # ----------------------------------------------------------------------------- root
 
 
@@ -513,6 +569,12 @@ class RunConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Checkpointing."""
 
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    """Per-RM reward-signal statistics and warnings about blind or gamed reward models."""
+
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    """An audit judge comparing each reward model with a trusted scorer on sampled rollouts."""
+
     @field_validator("reward_models")
     @classmethod
     def _at_least_one_reward_model(cls, value: list[RewardModelConfig]) -> list[RewardModelConfig]:
@@ -543,6 +605,12 @@ class RunConfig(StrictModel):
             raise ValueError(
                 f"ppo.minibatch_size ({self.ppo.minibatch_size}) must be divisible by "
                 f"learner.world_size ({self.learner.world_size})"
+            )
+        batch = self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt
+        if self.audit.judge is not None and self.audit.min_samples > batch:
+            raise ValueError(
+                f"audit.min_samples ({self.audit.min_samples}) exceeds the rollout batch (ppo.prompts_per_step × "
+                f"rollout.sampling.n_samples_per_prompt = {batch}); lower it or raise the batch"
             )
         if self.learner.lora.enabled and self.learner.critic.shared_backbone:
             raise ValueError("learner.lora.enabled with learner.critic.shared_backbone is not supported")

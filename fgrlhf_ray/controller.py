@@ -44,7 +44,9 @@ from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards, token_c
 from fgrlhf_ray.config import RunConfig
 from fgrlhf_ray.metrics import MetricsLogger
 from fgrlhf_ray.prompts import PromptSampler
+from fgrlhf_ray.reward_diagnostics import RewardMonitor, batch_diagnostics
 from fgrlhf_ray.rng import capture_rng_state, restore_rng_state
+from fgrlhf_ray.segments import answer_shape
 from fgrlhf_ray.types import Experience, RolloutBatch, SegmentRewards
 
 log = logging.getLogger(__name__)
@@ -216,6 +218,9 @@ class PPOController:
     # store, `rollout.sync_weights(learner.weights())`; the trainer passes the bucketed
     # broadcast here for `learner.weight_sync: broadcast`.
     push_weights: Callable[[], Handle] | None = None
+    # Warnings about blind / gamed reward models; None: built from config.diagnostics (if enabled).
+    monitor: RewardMonitor | None = None
+    auditor: Any = None  # fgrlhf_ray.audit.Auditor: the audit judge (config.audit), or None
     step: int = 0
 
     def __post_init__(self) -> None:
@@ -232,6 +237,9 @@ class PPOController:
             self.kl_controller = FixedKLController(kl_coef=ppo.kl_coef)
         if [s.name for s in self.scorers] != [s.name for s in self.scorer_specs]:
             raise ValueError("scorers and scorer_specs must name the same reward models in the same order")
+        if self.monitor is None and self.config.diagnostics.enabled:
+            self.monitor = RewardMonitor(config=self.config.diagnostics, names=[s.name for s in self.scorer_specs],
+                                         scale={s.name: s.std for s in self.scorer_specs})
 
     # ------------------------------------------------------------------ the loop
 
@@ -262,13 +270,16 @@ class PPOController:
         rollout, rollout_handle = self.generate(prompts, timings)
         verdicts, ref_logprobs, (old_logprobs, old_values) = self.score_and_evaluate(
             rollout_handle, len(rollout), timings)
+        diagnostics = self.diagnose(rollout, verdicts)
+        diagnostics.update(self.submit_audit(rollout_handle, rollout, verdicts, timings))
         experience, reward_stats = self.assemble(rollout, verdicts, ref_logprobs, old_logprobs, old_values)
         learn_stats = self.learn(experience, timings)
         sync_stats = self.sync_weights(timings)
+        diagnostics.update(self.collect_audit(timings))
         self.kl_controller.update(reward_stats["kl"], n_steps=len(rollout))
         self.step += 1
         timings["time/step"] = time.perf_counter() - started
-        metrics = {**reward_stats, **learn_stats, **sync_stats, **timings, **rollout_stats(rollout),
+        metrics = {**reward_stats, **learn_stats, **sync_stats, **timings, **rollout_stats(rollout), **diagnostics,
                    "kl_coef": float(self.kl_controller.value)}
         faults = self.fault_events[faults_before:]
         metrics["faults/retries"] = float(len(faults))
@@ -355,6 +366,48 @@ class PPOController:
             scale_rewards=ppo.scale_rewards_by_std,
             whiten_advantages=ppo.whiten_advantages,
         )
+
+    def diagnose(self, rollout: RolloutBatch, verdicts: dict[str, list[SegmentRewards]]) -> dict[str, float]:
+        """Each RM's reward-signal statistics (`diag/...`); warnings about blind or gamed RMs are
+        logged and appended to `<logging.dir>/warnings.jsonl` (see `fgrlhf_ray.reward_diagnostics`)."""
+        if self.monitor is None:
+            return {}
+        stats = batch_diagnostics({s.name: verdicts[s.name] for s in self.scorer_specs},
+                                  response_tokens=[len(ids) for ids in rollout.response_ids])
+        for event in self.monitor.update(self.step + 1, stats, num_samples=len(rollout)):
+            if event["status"] == "warning":
+                log.warning("reward diagnostics, step %d: %s", event["step"], event["message"])
+            else:
+                log.info("reward diagnostics, step %d: %s", event["step"], event["message"])
+            if self.metrics is not None:
+                self.metrics.append("warnings.jsonl", event)
+        for spec in self.scorer_specs:
+            stats[f"diag/{spec.name}/flags"] = float(self.monitor.active(spec.name))
+        return stats
+
+    def submit_audit(self, rollout_handle: Handle, rollout: RolloutBatch,
+                     verdicts: dict[str, list[SegmentRewards]], timings: dict[str, float]) -> dict[str, float]:
+        """Hand a sample of this step's rollouts to the audit judge (it runs while the step goes on)."""
+        if self.auditor is None:
+            return {}
+        t0 = time.perf_counter()
+        stats = self.auditor.submit(self.step + 1, rollout_handle, rollout, verdicts)
+        timings["time/audit"] = time.perf_counter() - t0
+        return stats
+
+    def collect_audit(self, timings: dict[str, float] | None = None, *, wait: bool = False) -> dict[str, float]:
+        """Agreement metrics of a finished audit (this step's or an earlier one's); records go to
+        `<logging.dir>/audit.jsonl`. `wait`: block for the audit in flight (the end of a run)."""
+        if self.auditor is None:
+            return {}
+        t0 = time.perf_counter()
+        stats, records = self.auditor.collect(self.step + (0 if wait else 1), wait=wait)
+        for record in records:
+            if self.metrics is not None:
+                self.metrics.append("audit.jsonl", record)
+        if timings is not None:
+            timings["time/audit"] = timings.get("time/audit", 0.0) + time.perf_counter() - t0
+        return stats
 
     def learn(self, experience: Experience, timings: dict[str, float]) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -584,4 +637,5 @@ def rollout_stats(rollout: RolloutBatch) -> dict[str, float]:
         "response_length/max": float(max(lengths, default=0)),
         "rollout/truncated_fraction": truncated / max(len(lengths), 1),
         "rollout/samples": float(len(lengths)),
+        **answer_shape(rollout.responses),
     }

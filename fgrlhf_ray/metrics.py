@@ -30,6 +30,11 @@ class MetricsLogger:
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
 
+    def append(self, filename: str, record: dict) -> None:
+        """Append one JSON record to `<dir>/<filename>` (e.g. warnings.jsonl, audit.jsonl)."""
+        with (self.directory / filename).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

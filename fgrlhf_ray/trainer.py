@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from fgrlhf_ray import checkpoint
+from fgrlhf_ray.audit import Auditor
 from fgrlhf_ray.config import RunConfig, dump_config, load_config
 from fgrlhf_ray.controller import ParticipantFailed, PPOController, PhaseFailed, ScorerSpec
 from fgrlhf_ray.errors import ConfigError, FgrlhfError, RunFailed
 from fgrlhf_ray.metrics import MetricsLogger, truncate_after
 from fgrlhf_ray.prompts import load_prompts
 from fgrlhf_ray.reliability import ensure_actor, failure_kind, memory_over_limit
+from fgrlhf_ray.reward_diagnostics import progress_summary
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +228,8 @@ def required_cpus(config: RunConfig) -> float:
     scorers = sum(rm.num_replicas * rm.num_cpus for rm in config.reward_models)
     learner = config.learner.world_size * config.learner.num_cpus_per_rank
     reference = 1.0
-    return rollout + scorers + learner + reference
+    judge = config.audit.judge.num_cpus if config.audit.judge is not None else 0.0
+    return rollout + scorers + learner + reference + judge
 
 
 def init_ray(config: RunConfig) -> None:
@@ -346,6 +349,12 @@ class Trainer:
             ScorerGroup(config=rm, max_restarts=config.ray.max_restarts, resources=config.ray.scorer_resources)
             for rm in config.reward_models
         ]
+        self.audit_judge = None
+        if config.audit.judge is not None:
+            from fgrlhf_ray.actors.audit import AuditJudge
+
+            self.audit_judge = AuditJudge(config=config.audit.judge, max_restarts=config.ray.max_restarts,
+                                          resources=config.ray.scorer_resources)
         rollout = config.rollout
         self.rollout = RolloutGroup(
             num_engines=rollout.num_engines,
@@ -401,6 +410,8 @@ class Trainer:
             metrics=MetricsLogger(run_dir, tensorboard=config.logging.tensorboard),
             probe=(probe_prompt, probe_response),
             push_weights=push_weights,
+            auditor=(Auditor(config=config.audit, judge=self.audit_judge, seed=config.seed)
+                     if self.audit_judge is not None else None),
         )
         return self.controller
 
@@ -494,11 +505,13 @@ class Trainer:
                         m.update(self.evaluate())
                     history.append(m)
                     bar.set_postfix(reward=f"{m['reward/total_mean']:.3f}", kl=f"{m['kl']:.3f}",
-                                    s_per_step=f"{m['time/step']:.1f}")
+                                    s_per_step=f"{m['time/step']:.1f}",
+                                    **progress_summary(m, [rm.name for rm in config.reward_models]))
                     bar.update(1)
                     if every and result.step % every == 0:
                         self.save_checkpoint()
                         saved_step = result.step
+            controller.collect_audit(wait=True)  # the last audit's result, into audit.jsonl
             if self._stop_requested:
                 log.warning("stop requested: saving a checkpoint at step %d", controller.step)
             if history and saved_step != controller.step:
@@ -537,6 +550,8 @@ class Trainer:
         for group in self.scorer_groups:
             handles.update({f"scorer/{group.name}/{i}": a for i, a in enumerate(group.actors)})
         handles["reference"] = self.reference.actor
+        if getattr(self, "audit_judge", None) is not None:
+            handles["audit"] = self.audit_judge.actor
         handles.update({f"learner/{i}": a for i, a in enumerate(self.learner_group.actors)})
         return handles
 
