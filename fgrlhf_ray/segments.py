@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 
 __all__ = ["split_sentences", "split_sub_sentences", "SUB_SENTENCE_END_CHARS"]
 
@@ -160,3 +161,17 @@ def split_sub_sentences(
         if piece_start is not None:
             spans.append((piece_start, matches[-1].end()))
     return spans
+
+
+def answer_shape(texts: Sequence[str], *, min_words: int = 5) -> dict[str, float]:
+    """Mean words, sentences and sub-sentences per text: the quantities a policy can game
+    against per-segment rewards (fewer, longer sentences under a per-sentence penalty).
+
+    Logged per PPO step (`shape/*` in metrics.jsonl) and per evaluated checkpoint in the demo.
+    """
+    n = max(len(texts), 1)
+    return {
+        "shape/words_per_answer": sum(len(_WORD_RE.findall(t)) for t in texts) / n,
+        "shape/sentences_per_answer": sum(len(split_sentences(t)) for t in texts) / n,
+        "shape/sub_sentences_per_answer": sum(len(split_sub_sentences(t, min_words)) for t in texts) / n,
+    }

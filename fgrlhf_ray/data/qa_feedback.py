@@ -432,6 +432,18 @@ def completeness_coverage(rec: QAFeedbackRecord, *, min_containment: float = 0.8
     return cov, len(required)
 
 
+def _seen_before(seen: set, prompt: str, chosen: str, rejected: str, counts: Counter) -> bool:
+    """True (and counted) if this (prompt, chosen, rejected) pair was already taken. Rows of
+    policy samples written with `feedback_on="all"` repeat a question's predictions rotated
+    (`fgrlhf_ray.data.policy_feedback`); without this each pair would count k times."""
+    key = (prompt, chosen, rejected)
+    if key in seen:
+        counts["skipped_duplicate_pairs"] += 1
+        return True
+    seen.add(key)
+    return False
+
+
 def completeness_pairs(
     records: list[QAFeedbackRecord],
     *,
@@ -439,7 +451,7 @@ def completeness_pairs(
     stats: dict | None = None,
 ) -> list[PreferencePair]:
     """(c) Completeness preference pairs from coverage of the required information."""
-    out, counts = [], Counter()
+    out, counts, seen = [], Counter(), set()
     for rec in records:
         res = completeness_coverage(rec, min_containment=min_containment)
         if res is None:
@@ -456,6 +468,8 @@ def completeness_pairs(
                     counts["skipped_identical_pairs"] += 1
                     continue
                 win, lose = (i, j) if cov[i] > cov[j] else (j, i)
+                if _seen_before(seen, rec.prompt, rec.predictions[win], rec.predictions[lose], counts):
+                    continue
                 out.append(
                     PreferencePair(
                         rec.prompt,
@@ -473,7 +487,7 @@ def completeness_pairs(
 
 def holistic_pairs(records: list[QAFeedbackRecord], *, stats: dict | None = None) -> list[PreferencePair]:
     """(d) Holistic preference pairs from the human `preference` labels; ties skipped."""
-    out, counts = [], Counter()
+    out, counts, seen = [], Counter(), set()
     for rec in records:
         prefs = _need(rec, "'preference'", rec.preference, "holistic pairs")
         for (a, b), p in zip(PREFERENCE_PAIRS, prefs):
@@ -484,6 +498,8 @@ def holistic_pairs(records: list[QAFeedbackRecord], *, stats: dict | None = None
             chosen, rejected = rec.predictions[win - 1], rec.predictions[lose - 1]
             if chosen == rejected:
                 counts["skipped_identical_pairs"] += 1
+                continue
+            if _seen_before(seen, rec.prompt, chosen, rejected, counts):
                 continue
             out.append(
                 PreferencePair(rec.prompt, chosen, rejected, group=rec.question,
