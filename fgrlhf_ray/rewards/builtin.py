@@ -8,6 +8,9 @@ proxies, not quality measures:
 - `prompt_grounded_sentences` (density `sentence`): per sentence, +1 if most of its
   words occur in the prompt (grounded in the question/passages), else −1.
 - `brevity` (density `sequence`): −(number of words)/50, one value per response.
+- `every_sentence_fine` (density `sentence`): +1 on every sentence, labelled `no_error` — a
+  deliberately *blind* reward model (its reward is a pure sentence-count bonus), for seeing the
+  reward diagnostics flag one (docs/reward_diagnostics.md).
 """
 
 from __future__ import annotations
@@ -40,3 +43,9 @@ def prompt_grounded_sentences(prompts: list[str], responses: list[str]) -> list[
 def brevity(prompts: list[str], responses: list[str]) -> list[float]:
     """Per response: −(word count)/50."""
     return [-len(_words(r)) / 50.0 for r in responses]
+
+
+def every_sentence_fine(prompts: list[str], responses: list[str]) -> list[list[dict]]:
+    """Per response, every sentence labelled no_error with value +1 (a blind RM on purpose)."""
+    return [[{"char_start": a, "char_end": b, "value": 1.0, "label": "no_error"} for a, b in split_sentences(r)]
+            for r in responses]
