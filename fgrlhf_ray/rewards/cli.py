@@ -2,6 +2,7 @@
 
     fgrlhf train-rm --config configs/rm_relevance.yaml [--set epochs=2 ...]
     fgrlhf eval-rm --model outputs/rm/relevance --data FILE [--split test] [--output out.json]
+    fgrlhf eval-rm --model outputs/rm/relevance --generations eval.generations.jsonl --judge module:function
 
 Bad input (missing file, wrong schema, malformed row) raises a `FgrlhfError`, which the
 `fgrlhf` entry point prints as one line and turns into exit code 2.
@@ -76,10 +77,77 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def read_generations(path: str) -> tuple[list[str], list[str], list[int]]:
+    """Prompts, responses and lengths (`response_tokens`, else characters) of a generations JSONL
+    file (`fgrlhf eval --out` writes `<stem>.generations.jsonl`); DataError naming a bad row."""
+    prompts, responses, lengths = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for k, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
+                    or not isinstance(row.get("response"), str):
+                raise DataError(f"{path}: line {k}: a generations row needs string fields 'prompt' and 'response' "
+                                "(the *.generations.jsonl of `fgrlhf eval --out`)")
+            prompts.append(row["prompt"])
+            responses.append(row["response"])
+            tokens = row.get("response_tokens")
+            lengths.append(int(tokens) if isinstance(tokens, int) else len(row["response"]))
+    if not responses:
+        raise DataError(f"{path}: no generations in the file")
+    return prompts, responses, lengths
+
+
+def eval_rm_on_generations(args: argparse.Namespace, meta) -> int:
+    """`eval-rm --generations FILE --judge module:function`: the RM on policy samples against a judge."""
+    from pydantic import ValidationError
+
+    from fgrlhf_ray.config import RewardModelConfig
+    from fgrlhf_ray.rewards.base import load_reward_model
+    from fgrlhf_ray.rewards.evaluation import evaluate_against_judge
+    from fgrlhf_ray.scorers import build_scorer
+
+    if not args.judge:
+        raise ConfigError("eval-rm --generations needs --judge module:function (the scorer the RM is compared with)")
+    _require_file(args.generations, "--generations")
+    prompts, responses, lengths = read_generations(args.generations)
+    try:
+        judge_config = RewardModelConfig(name="judge", kind="function", target=args.judge,
+                                         density=args.judge_density or meta.density)
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--judge {args.judge!r}: {problem}") from None
+    judge = build_scorer(judge_config)  # the same construction as a `kind: function` reward model
+    _setup_logging()
+    try:
+        rm = load_reward_model(args.model, batch_size=args.batch_size, device=args.device)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{args.model}: cannot load the reward model ({exc})") from None
+    res = {"task": meta.task, **evaluate_against_judge(rm, judge, prompts, responses, response_lengths=lengths),
+           "split": "generations", "data": str(args.generations), "model": str(args.model), "judge": args.judge}
+    print(format_report(res))
+    out = Path(args.output) if args.output else Path(args.model) / f"eval_{Path(args.generations).stem}_judge.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2), encoding="utf-8")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def eval_rm(args: argparse.Namespace) -> int:
     from fgrlhf_ray.rewards.base import RMMetadata
 
     meta = RMMetadata.read(args.model)  # ConfigError when the folder is not a saved RM
+    if getattr(args, "generations", None):
+        if args.data:
+            raise ConfigError("eval-rm: give either --data (labelled feedback) or --generations (policy samples "
+                              "judged by --judge), not both")
+        return eval_rm_on_generations(args, meta)
+    if not args.data:
+        raise ConfigError("eval-rm needs --data FILE (labelled feedback), or --generations FILE with --judge")
     _require_file(args.data, "--data")
     _setup_logging()
     from fgrlhf_ray.rewards.base import load_reward_model
@@ -129,9 +197,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.set_defaults(handler=train_rm)
 
-    e = subparsers.add_parser("eval-rm", help="evaluate a saved reward model against trivial baselines")
+    e = subparsers.add_parser("eval-rm", help="evaluate a saved reward model against trivial baselines, or on policy "
+                                              "samples against a judge (--generations, --judge)")
     e.add_argument("--model", required=True, help="saved reward-model folder (the train-rm output_dir)")
-    e.add_argument("--data", required=True, help="QA-FEEDBACK JSON or the task's JSONL format")
+    e.add_argument("--data", help="QA-FEEDBACK JSON or the task's JSONL format (labelled feedback)")
+    e.add_argument("--generations", help="policy samples instead of --data: a *.generations.jsonl of `fgrlhf eval "
+                                         "--out` (prompt, response), judged by --judge; no gold labels needed")
+    e.add_argument("--judge", help="with --generations: the judge scorer as 'module:function' (like a `kind: "
+                                   "function` reward model)")
+    e.add_argument("--judge-density", choices=["sub_sentence", "sentence", "sequence", "token"],
+                   help="density of the judge's output (default: the RM's)")
     e.add_argument("--format", choices=["auto", "qa_feedback", "jsonl"], default="auto")
     e.add_argument("--split", choices=["all", "train", "dev", "test"], default="all",
                    help="evaluate only the groups of this split, as stored with the model at training")

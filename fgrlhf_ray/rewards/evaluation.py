@@ -9,6 +9,9 @@
   Σ_{changed in edited} r − Σ_{changed in original} r, and by the whole-response sums
   Σ_t r(edited)_t vs Σ_t r(original)_t; accuracy of the per-token sign on changed
   tokens (inserted/replaced in edited should be > 0, deleted/replaced in original < 0).
+- On policy samples without gold labels (`evaluate_against_judge`): agreement with a judge
+  scorer (segment accuracy / macro-F1, Spearman, sign agreement, see
+  `fgrlhf_ray.reward_diagnostics.agreement`) and the RM's reward-signal statistics there.
 """
 
 from __future__ import annotations
@@ -199,3 +202,26 @@ def evaluate(rm, examples: Sequence, *, seed: int = 0) -> dict:
     res["dev_metric_name"] = DEV_METRIC[task]
     res["dev_metric"] = res[DEV_METRIC[task]]
     return res
+
+
+def evaluate_against_judge(rm, judge, prompts: Sequence[str], responses: Sequence[str], *,
+                           response_lengths: Sequence[int]) -> dict:
+    """A reward model on policy samples, judged by another scorer (no gold labels needed).
+
+    Both `rm` and `judge` score the same (prompt, response) pairs. Returns the agreement
+    stats of `fgrlhf_ray.reward_diagnostics.agreement`, the RM's statistics on these samples
+    (`rm_batch_stats`: error share, per-sample total mean / std / spread, uniform share,
+    correlation with length and segment count) under `policy/…`, and the judge's error share
+    (segment judges) under `judge/…`. `response_lengths` (B,) is each response's length
+    (policy tokens where known).
+    """
+    from fgrlhf_ray.reward_diagnostics import agreement, rm_batch_stats
+
+    rm_verdicts = rm.score(list(prompts), list(responses))
+    judge_verdicts = judge.score(list(prompts), list(responses))
+    out: dict = {"n": len(responses)}
+    out.update(agreement(rm_verdicts, judge_verdicts))
+    out.update({f"policy/{k}": v for k, v in rm_batch_stats(rm_verdicts, response_tokens=response_lengths).items()})
+    judge_stats = rm_batch_stats(judge_verdicts, response_tokens=response_lengths)
+    out.update({f"judge/{k}": judge_stats[k] for k in ("error_share", "total_mean", "total_std") if k in judge_stats})
+    return out
