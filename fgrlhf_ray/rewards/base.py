@@ -97,6 +97,7 @@ class RMMetadata:
     normalization: dict | None = None  # sequence RMs: {"mean": μ, "std": σ} of training scores
     segment_features: bool = False  # segment RMs: explicit features (rewards/segment_features.py) in the logit
     feature_norm: dict | None = None  # their training {"mean": [...], "std": [...]} per column
+    feature_names: list[str] | None = None  # their columns (segment_features.FEATURES); None = the base ten
     training: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

@@ -131,13 +131,17 @@ class HFRewardModel:
         pooling: str = "auto",
         min_words: int = 5,
         segment_features: bool = False,
+        feature_names: Sequence[str] | None = None,
+        feature_encoder: str | None = None,
         seed: int = 0,
         device: str | None = None,
         batch_size: int = 16,
     ) -> "HFRewardModel":
         """A fresh RM: pretrained backbone from `backbone` (default: the MiniLM package)
         and a seeded random head. `segment_features` (segment RMs): also a frozen copy of
-        the pretrained backbone as sentence encoder, and both heads start at zero."""
+        the pretrained backbone (or of the `feature_encoder` folder) as sentence encoder,
+        explicit features `feature_names` (groups or names, `segment_features.FEATURE_GROUPS`;
+        None = the base ten), and both heads start at zero."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if task not in TASKS or TASKS[task][0] != cls.kind:
@@ -156,10 +160,23 @@ class HFRewardModel:
             raise ConfigError(f"max_length={max_length} exceeds the backbone's max_position_embeddings={model_max}")
         if segment_features and cls.kind != "segment_classifier":
             raise ConfigError(f"segment_features applies to segment RMs (relevance, factuality), not {task!r}")
+        names = None
+        if segment_features:
+            from fgrlhf_ray.rewards.segment_features import resolve_feature_names
+
+            try:
+                names = list(resolve_feature_names(feature_names))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        elif feature_names or feature_encoder:
+            raise ConfigError("feature_names / feature_encoder need segment_features=True")
+        enc_path = feature_encoder or path
+        if segment_features and not Path(enc_path).exists():
+            raise ConfigError(f"feature encoder folder not found: {enc_path} (a local Hugging Face model folder)")
         backbone_model = _drop_pooler(AutoModel.from_pretrained(path))
         torch.manual_seed(seed)
         hidden = _hidden_size(hf_config)
-        network = RMNetwork(backbone_model, hidden, cls.out_dim, n_features=_n_features(segment_features))
+        network = RMNetwork(backbone_model, hidden, cls.out_dim, n_features=len(names) if names else 0)
         with torch.no_grad():
             network.head.weight.normal_(0.0, 0.02)
             network.head.bias.zero_()
@@ -168,7 +185,10 @@ class HFRewardModel:
                 network.head.weight.zero_()
                 network.feature_head.weight.zero_()
                 network.feature_head.bias.zero_()
-        encoder = _sentence_encoder(AutoModel.from_pretrained(path), tokenizer) if segment_features else None
+        encoder = None
+        if segment_features:
+            enc_tok = tokenizer if feature_encoder is None else AutoTokenizer.from_pretrained(enc_path)
+            encoder = _sentence_encoder(AutoModel.from_pretrained(enc_path), enc_tok)
         if pooling == "auto":
             pooling = "last" if is_decoder else "mean"
         meta = RMMetadata(
@@ -185,6 +205,7 @@ class HFRewardModel:
             pooling=pooling if cls.kind == "sequence_preference" else None,
             labels=["no_error", "error"] if cls.kind == "segment_classifier" else None,
             segment_features=segment_features,
+            feature_names=names,
         )
         return cls(network=network, tokenizer=tokenizer, metadata=meta, device=device, batch_size=batch_size,
                    feature_encoder=encoder)
@@ -206,13 +227,16 @@ class HFRewardModel:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         backbone = _drop_pooler(AutoModel.from_pretrained(str(path)))
-        network = RMNetwork(backbone, _hidden_size(hf_config), cls.out_dim, n_features=_n_features(meta.segment_features))
+        network = RMNetwork(backbone, _hidden_size(hf_config), cls.out_dim, n_features=_n_features(meta))
         encoder = None
         if meta.segment_features:
             enc_path = Path(path) / FEATURE_ENCODER_DIR
             if not (enc_path / "config.json").is_file():
                 raise ConfigError(f"{path}: {FEATURE_ENCODER_DIR}/ is missing (the model uses segment features)")
-            encoder = _sentence_encoder(AutoModel.from_pretrained(str(enc_path)), tokenizer)
+            # Its own tokenizer when saved with one (a separate `feature_encoder` folder).
+            enc_tok = AutoTokenizer.from_pretrained(str(enc_path)) if (enc_path / "tokenizer_config.json").is_file() \
+                else tokenizer
+            encoder = _sentence_encoder(AutoModel.from_pretrained(str(enc_path)), enc_tok)
         heads = load_file(str(head_path))
         if network.feature_head is None:
             network.head.load_state_dict(heads)
@@ -242,6 +266,8 @@ class HFRewardModel:
         save_file(head, str(out / HEAD_FILE))
         if self.feature_encoder is not None:
             self.feature_encoder.model.save_pretrained(str(out / FEATURE_ENCODER_DIR), safe_serialization=True)
+            if self.feature_encoder.tokenizer is not self.tokenizer:
+                self.feature_encoder.tokenizer.save_pretrained(str(out / FEATURE_ENCODER_DIR))
         (out / METADATA_FILE).write_text(self.metadata.to_json(), encoding="utf-8")
         return out
 
@@ -279,10 +305,13 @@ def _drop_pooler(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-def _n_features(segment_features: bool) -> int:
-    from fgrlhf_ray.rewards.segment_features import FEATURE_NAMES
+def _n_features(meta: RMMetadata) -> int:
+    """Explicit feature columns of a saved model (models saved before `feature_names`: the base ten)."""
+    from fgrlhf_ray.rewards.segment_features import BASE_FEATURES
 
-    return len(FEATURE_NAMES) if segment_features else 0
+    if not meta.segment_features:
+        return 0
+    return len(meta.feature_names) if meta.feature_names else len(BASE_FEATURES)
 
 
 def _sentence_encoder(model: nn.Module, tokenizer):

@@ -6,7 +6,8 @@ the label of segment k sits on the separator before it, every other token is ign
 (-100). The head gives 2 logits per token; P(error) = softmax(logits at sep)[1].
 With `segment_features` the logit at each separator also gets a linear term in that
 segment's explicit features (position, similarity to the question and to the other
-segments; `fgrlhf_ray.rewards.segment_features`), standardised by training statistics.
+segments, support by the passages; `fgrlhf_ray.rewards.segment_features`; the columns
+are the metadata's `feature_names`), standardised by training statistics.
 
 `score` returns, per response, one `Segment` per sentence / sub-sentence with
 value +1 (no error) or −1 (error), label "no_error" / "error" and the probability of
@@ -25,7 +26,7 @@ from fgrlhf_ray.data.rm_data import SegmentExample, segment_splitter
 from fgrlhf_ray.rewards.base import check_pair_lengths
 from fgrlhf_ray.rewards.hf_model import HFRewardModel
 from fgrlhf_ray.rewards.inputs import InputStats, SegmentWindow, split_prompt
-from fgrlhf_ray.rewards.segment_features import FEATURE_NAMES, standardize
+from fgrlhf_ray.rewards.segment_features import BASE_FEATURES, standardize
 from fgrlhf_ray.rewards.losses import IGNORE_INDEX, segment_classification_loss
 from fgrlhf_ray.types import Segment, SegmentRewards
 
@@ -51,18 +52,26 @@ class SegmentClassifierRM(HFRewardModel):
         return self._split(response)
 
     # ------------------------------------------------------------- explicit features
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The explicit feature columns (models saved before names were stored: the base ten)."""
+        return tuple(self.metadata.feature_names or BASE_FEATURES)
+
     def raw_segment_features(
         self, prompts: Sequence[str], responses: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
     ) -> list[list[list[float]]] | None:
-        """Unstandardised feature rows per segment (None without `segment_features`)."""
+        """Unstandardised feature rows per segment (None without `segment_features`).
+        Evidence features read the passages after the prompt's `context_marker`, whether
+        or not the encoder input includes them (`use_context`)."""
         if self.feature_encoder is None:
             return None
-        questions = [split_prompt(p, self.metadata.context_marker)[0] for p in prompts]
-        return self.feature_encoder.feature_rows(questions, responses, spans)
+        parts = [split_prompt(p, self.metadata.context_marker) for p in prompts]
+        return self.feature_encoder.feature_rows([q for q, _ in parts], responses, spans, names=self.feature_names,
+                                                 contexts=[c for _, c in parts])
 
     def _feature_tensor(self, shape: tuple[int, int], placed: list[list[tuple[int, list[float]]]]) -> torch.Tensor:
         """(B, T, F): each (position, raw row) of row b standardised at [b, position], zeros elsewhere."""
-        feats = torch.zeros((*shape, len(FEATURE_NAMES)), dtype=torch.float32)
+        feats = torch.zeros((*shape, len(self.feature_names)), dtype=torch.float32)
         norm = self.metadata.feature_norm
         for b, items in enumerate(placed):
             if not items:

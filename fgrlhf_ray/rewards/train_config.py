@@ -113,6 +113,23 @@ class RewardModelTrainConfig(StrictModel):
     to the logit at each separator; their linear head is warm-started by logistic
     regression on the training segments. Saved models then carry `feature_encoder/`."""
 
+    segment_feature_names: list[str] | None = None
+    """Segment RMs with `segment_features`: which features, as feature names or groups of
+    `fgrlhf_ray.rewards.segment_features` (`FEATURE_GROUPS`: base, position, question,
+    redundancy, evidence, all); null = `base` (the original ten). Evidence features read
+    the prompt's passages (after `context:`) even when the encoder does not (`use_context`)."""
+
+    feature_encoder: str | None = None
+    """Segment RMs with `segment_features`: local Hugging Face encoder folder used, frozen, as
+    the features' sentence encoder (saved with the model); null = a copy of the backbone.
+    Useful when the backbone is a cut-down encoder (e.g. the demo's 3-layer MiniLM) and the
+    full pretrained one gives better similarities."""
+
+    dev_metric: Literal["auto", "macro_f1", "error_f1", "accuracy"] = "auto"
+    """Segment RMs: the dev metric that picks the best epoch and tunes the threshold; auto =
+    macro_f1 for relevance, error_f1 for factuality. Where most segments are errors (a weak
+    policy's own answers), error_f1 favours predicting every segment an error; use macro_f1."""
+
     epochs: int = Field(3, ge=1)
     """Passes over the training examples; one checkpoint per epoch."""
 
@@ -198,6 +215,14 @@ class RewardModelTrainConfig(StrictModel):
             raise ValueError("strategy deepspeed needs use_ray_train: true (Ray Train sets up the process group)")
         if self.segment_features and self.task not in ("relevance", "factuality"):
             raise ValueError(f"segment_features applies to relevance and factuality, not task {self.task!r}")
+        if (self.segment_feature_names or self.feature_encoder) and not self.segment_features:
+            raise ValueError("segment_feature_names / feature_encoder need segment_features: true")
+        if self.segment_feature_names:
+            from fgrlhf_ray.rewards.segment_features import resolve_feature_names
+
+            resolve_feature_names(self.segment_feature_names)  # ValueError names the unknown entry
+        if self.dev_metric != "auto" and self.task not in ("relevance", "factuality"):
+            raise ValueError(f"dev_metric applies to relevance and factuality, not task {self.task!r} (keep auto)")
         if self.changed_token_loss_weight and self.task != "token_level":
             raise ValueError(f"changed_token_loss_weight applies to task token_level, not {self.task!r}")
         if self.bf16 and not self.use_gpu:
@@ -208,6 +233,12 @@ class RewardModelTrainConfig(StrictModel):
         if self.strategy != "auto":
             return self.strategy
         return "deepspeed" if self.use_gpu and self.num_workers > 1 else "ddp"
+
+    def resolved_dev_metric(self) -> str:
+        """The dev metric name (`fgrlhf_ray.rewards.evaluation.DEV_METRIC` unless set)."""
+        from fgrlhf_ray.rewards.evaluation import DEV_METRIC
+
+        return DEV_METRIC[self.task] if self.dev_metric == "auto" else self.dev_metric
 
     def resolved_use_context(self) -> bool:
         return self.task == "factuality" if self.use_context is None else self.use_context

@@ -40,7 +40,7 @@ from fgrlhf_ray.data.rm_data import (
 from fgrlhf_ray.errors import ConfigError, DataError
 from fgrlhf_ray.rewards.base import METADATA_FILE, TASKS, RMMetadata
 from fgrlhf_ray.rewards.hf_model import HFRewardModel
-from fgrlhf_ray.rewards.evaluation import DEV_METRIC, best_threshold, evaluate, segment_predictions
+from fgrlhf_ray.rewards.evaluation import best_threshold, evaluate, segment_predictions
 from fgrlhf_ray.rewards.losses import IGNORE_INDEX
 from fgrlhf_ray.rewards.train_config import RMDataConfig, RewardModelTrainConfig
 
@@ -201,6 +201,8 @@ def build_rm(cfg: RewardModelTrainConfig, *, device: str | None = "cpu") -> HFRe
         pooling=cfg.pooling,
         min_words=cfg.sub_sentence_min_words,
         segment_features=cfg.segment_features,
+        feature_names=cfg.segment_feature_names,
+        feature_encoder=cfg.feature_encoder,
         seed=cfg.seed,
         device=device,
         batch_size=cfg.eval_batch_size,
@@ -289,7 +291,7 @@ def _init_feature_head(rm, features: list[dict], error_weight: float, *, log: bo
     feature head by logistic regression on the labelled ones (same result on every rank)."""
     import torch
 
-    from fgrlhf_ray.rewards.segment_features import FEATURE_NAMES, feature_norm, fit_feature_head, standardize
+    from fgrlhf_ray.rewards.segment_features import feature_norm, fit_feature_head, standardize
 
     rows = [row for f in features for _, row in f["seg_features"]]
     rm.metadata.feature_norm = feature_norm(rows)
@@ -306,7 +308,7 @@ def _init_feature_head(rm, features: list[dict], error_weight: float, *, log: bo
         rm.network.feature_head.bias[1] = b
     if log:
         logger.info("segment features: warm-started on %d labelled segments; weights %s", len(labelled),
-                    ", ".join(f"{n} {v:+.2f}" for n, v in zip(FEATURE_NAMES, w.tolist())))
+                    ", ".join(f"{n} {v:+.2f}" for n, v in zip(rm.feature_names, w.tolist())))
 
 
 def _evaluate_and_report(rm, cfg: RewardModelTrainConfig, dev_examples: list, metrics: dict, cut: dict,
@@ -320,17 +322,17 @@ def _evaluate_and_report(rm, cfg: RewardModelTrainConfig, dev_examples: list, me
     if dev_examples:
         if rm.kind == "segment_classifier" and cfg.tune_threshold:
             gold, p_err = segment_predictions(rm, dev_examples)
-            thr, _ = best_threshold(gold, p_err, DEV_METRIC[cfg.task])
+            thr, _ = best_threshold(gold, p_err, cfg.resolved_dev_metric())
             rm.metadata.threshold = thr
         dev = evaluate(rm, dev_examples, seed=cfg.seed)
-        metrics["dev_metric"] = dev["dev_metric"]
+        metrics["dev_metric"] = dev[cfg.resolved_dev_metric()]
         metrics["dev"] = {k: v for k, v in dev.items() if isinstance(v, (int, float, str))}
     else:
         metrics["dev_metric"] = -metrics["train_loss"]  # no dev set: lowest training loss wins
     if rank == 0:
         loss = metrics["train_loss"]
         logger.info("[%s] epoch %d: train_loss %s, dev %s %.4f", rm.name, epoch,
-                    "-" if loss is None else f"{loss:.4f}", DEV_METRIC[cfg.task] if dev_examples else "(-train_loss)",
+                    "-" if loss is None else f"{loss:.4f}", cfg.resolved_dev_metric() if dev_examples else "(-train_loss)",
                     metrics["dev_metric"])
     rm.metadata.training = {"epoch": epoch, "metrics": metrics, "input_cuts": cut}
     with tempfile.TemporaryDirectory(prefix="fgrlhf_rm_ckpt_") as tmp:
@@ -597,7 +599,7 @@ def train_reward_model(cfg: RewardModelTrainConfig) -> dict:
         "name": meta.name,
         "best_epoch": best_metrics["epoch"],
         "best_dev_metric": best_metrics["dev_metric"],
-        "dev_metric_name": DEV_METRIC[cfg.task] if splits["dev"] else "-train_loss",
+        "dev_metric_name": cfg.resolved_dev_metric() if splits["dev"] else "-train_loss",
         "best_checkpoint": str(best_dir),
         "fit_seconds": fit_seconds,
         "total_seconds": time.time() - t_start,
