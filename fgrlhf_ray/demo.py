@@ -3,23 +3,28 @@
 One command runs the whole pipeline on CPU, with no network, and measures whether
 fine-grained rewards beat a holistic reward on a task whose ground truth is known:
 
-    data      synthetic fact-QA world → train/dev/test in the QA-FEEDBACK schema
-    sft       a byte-level BPE tokenizer and a small Llama trained from scratch on (prompt, gold)
-    rm        relevance (sub-sentence), factuality (sentence), completeness and holistic
-              (sequence) reward models on the oracle's feedback, MiniLM encoder
-    ppo       fine-grained PPO (relevance + factuality + completeness) and holistic PPO
-              (one preference RM) from the same SFT policy with the same budget, through the
-              real `fgrlhf train` stack (Ray, vLLM rollouts, scorer actors, DeepSpeed learner)
-    evaluate  every saved PPO checkpoint (and the SFT policy = step 0) answers the test
-              questions greedily; the *oracle*, not a reward model, judges the answers
-    report    report.md, results.json and curves.png in the output folder
+    data        synthetic fact-QA world → train/dev/test in the QA-FEEDBACK schema
+    sft         a byte-level BPE tokenizer and a small Llama trained from scratch on (prompt, gold)
+    samples     paper A's protocol: the SFT policy answers train/dev/test questions several times
+                (vLLM, PPO's sampling settings) and the oracle annotates every answer
+                (`fgrlhf data sample-feedback`)
+    rm          relevance (sub-sentence), factuality (sentence), completeness and holistic
+                (sequence) reward models on that feedback, MiniLM encoder
+    rm_quality  every RM judged on held-out policy answers (and, for contrast, on perturbed gold
+                answers) beside trivial baselines
+    ppo         per arm — learned (the RMs) and oracle (the oracle's labels as function scorers) —
+                fine-grained PPO (relevance + factuality + completeness) and holistic PPO from the
+                same SFT policy with the same budget, through the real `fgrlhf train` stack
+    evaluate    every saved PPO checkpoint (and the SFT policy = step 0) answers the test
+                questions greedily; the *oracle*, not a reward model, judges the answers
+    report      report.md, results.json and curves.png (statistics in `demo_report`)
 
 Every stage writes `<out>/<stage>/stage.json` when it completes, holding a key computed from
 its settings and the keys of the stages it reads; a re-run skips a stage whose key still
 matches (`--fresh` redoes everything). An interrupted PPO run resumes from its last
-checkpoint. Budgets are presets (`default`: about 13 minutes on an idle 2-core box, most of
-it SFT and reward-model training, which later runs reuse; `quick`: a few-minute smoke run for
-tests); every size can be changed with `--set budget.<field>=value`.
+checkpoint. Presets: `default` (learned arm, one seed, sized for 15 minutes on an idle 2-core
+box), `full` (both arms, three seeds), `quick` (a smoke run for tests, both arms); every size
+can be changed with `--set budget.<field>=value`.
 """
 
 from __future__ import annotations
@@ -38,18 +43,13 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field
 
 from fgrlhf_ray.config import StrictModel
+from fgrlhf_ray.demo_report import FACTUALITY_ERRORS, METHODS, RELEVANCE_ERRORS
 from fgrlhf_ray.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("fine_grained", "holistic")
 STAGE_FILE = "stage.json"
 STARTED_FILE = "stage.started"  # the key of the run that last started in a stage folder
-
-# Oracle error types grouped as paper A's reward models see them (relevance RM: C1,
-# factuality RM: C2); the report shows each type and these sums.
-RELEVANCE_ERRORS = ("Irrelevant", "Redundant", "Incoherent")
-FACTUALITY_ERRORS = ("Wrong-Grounding", "Unverifiable")
 
 
 # ------------------------------------------------------------------------ configuration
@@ -95,18 +95,35 @@ class DemoBudget(StrictModel):
     n_eval_prompts: int = Field(ge=4)
     """Test questions answered at each evaluated step."""
 
+    rm_data_questions: int = Field(ge=4)
+    """Training questions the SFT policy answers for the reward models' data (paper A's
+    protocol); the dev and test questions are all answered too (selection, held-out quality)."""
+
+    rm_samples_per_question: int = Field(4, ge=1)
+    """Policy samples per question for the RM data (4: the QA-FEEDBACK schema's preferences)."""
+
 
 PRESETS: dict[str, DemoBudget] = {
-    # Sized for the 15-minute budget on a 2-core CPU (measured idle: data 1 s, SFT 167 s, four
-    # reward models 355 s, two PPO runs 136 + 109 s, oracle evaluation ~30 s). SFT needs its
-    # 800 steps: at 600 the policy had not yet learnt to copy names (loss 0.75 vs 0.36) and
-    # every answer was wrong.
+    # Sized for the 15-minute budget on a 2-core CPU with the learned arm and one seed (README
+    # "The demo" has the measured stage times). SFT needs its 800 steps: at 600 the policy had
+    # not yet learnt to copy names (loss 0.75 vs 0.36) and every answer was wrong.
     "default": DemoBudget(n_questions=2000, sft_steps=800, rm_backbone="minilm", rm_layers=3, rm_steps=50,
-                          rm_train_examples=2400, ppo_steps=12, prompts_per_step=16, samples_per_prompt=2,
-                          max_new_tokens=64, eval_every=3, n_eval_prompts=120),
+                          rm_train_examples=2400, ppo_steps=12, prompts_per_step=64, samples_per_prompt=2,
+                          max_new_tokens=64, eval_every=3, n_eval_prompts=120, rm_data_questions=800),
+    # Both arms, three seeds (≤ 75 minutes): the preset the verdict's error bars need.
+    "full": DemoBudget(n_questions=2000, sft_steps=800, rm_backbone="minilm", rm_layers=3, rm_steps=50,
+                       rm_train_examples=2400, ppo_steps=12, prompts_per_step=64, samples_per_prompt=2,
+                       max_new_tokens=64, eval_every=3, n_eval_prompts=120, rm_data_questions=800),
     "quick": DemoBudget(n_questions=200, sft_steps=40, rm_backbone="tiny", rm_layers=1, rm_steps=8,
                         rm_train_examples=64, ppo_steps=2, prompts_per_step=4, samples_per_prompt=1,
-                        max_new_tokens=24, eval_every=1, n_eval_prompts=16),
+                        max_new_tokens=24, eval_every=1, n_eval_prompts=16, rm_data_questions=16),
+}
+Arm = Literal["learned", "oracle"]
+#: What each preset runs: (arms, PPO seeds). `--seeds` / `--set arms=[...]` override them.
+PRESET_RUNS: dict[str, tuple[list[str], list[int]]] = {
+    "default": (["learned"], [0]),
+    "full": (["learned", "oracle"], [0, 1, 2]),
+    "quick": (["learned", "oracle"], [0]),
 }
 
 
@@ -135,15 +152,25 @@ class DemoConfig(StrictModel):
     out: str = "outputs/demo"
     """Output folder: one sub-folder per stage, report.md, results.json, curves.png."""
 
-    preset: Literal["default", "quick"] = "default"
+    preset: Literal["default", "full", "quick"] = "default"
     budget: DemoBudget | None = None
     """Explicit sizes; null = the preset's."""
 
     seed: int = 0
     """Seed of the synthetic world, SFT and the reward models."""
 
-    ppo_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """One PPO run per method and seed; the report gives mean ± std over seeds."""
+    ppo_seeds: list[int] | None = Field(None, min_length=1)
+    """One PPO run per arm, method and seed; the report gives mean ± std over seeds. null = the
+    preset's (default [0]; full [0, 1, 2])."""
+
+    arms: list[Arm] | None = Field(None, min_length=1)
+    """learned: PPO on the reward models (what a user gets); oracle: PPO on the oracle's own
+    fine-grained labels vs its holistic quality score as function scorers (what reward density
+    does, RM quality aside). null = the preset's (default: learned; full and quick: both)."""
+
+    rm_data: Literal["policy", "perturbations", "mixed"] = "policy"
+    """The reward models' training data: the oracle's feedback on the SFT policy's own samples
+    (paper A's protocol), on perturbed gold answers (the synthetic world's files), or both."""
 
     ppo: DemoPPOSettings = Field(default_factory=DemoPPOSettings)
     num_threads: int | None = Field(None, ge=1)
@@ -151,6 +178,11 @@ class DemoConfig(StrictModel):
 
     def sizes(self) -> DemoBudget:
         return self.budget or PRESETS[self.preset]
+
+    def runs(self) -> tuple[list[str], list[int]]:
+        """(arms, PPO seeds) after the preset's defaults."""
+        arms, seeds = PRESET_RUNS[self.preset]
+        return list(self.arms or arms), list(self.ppo_seeds or seeds)
 
 
 # ------------------------------------------------------------------------ stage caching
@@ -230,6 +262,52 @@ def stage_sft(d: Path, *, data_dir: Path, steps: int, seed: int, num_threads: in
             "train_seconds": res.wall_time_s}
 
 
+def stage_policy_samples(d: Path, *, data_dir: Path, policy: str, budget: DemoBudget, ppo: "DemoPPOSettings",
+                         seed: int) -> dict:
+    """Paper A's protocol: the SFT policy answers the train (first `rm_data_questions`), dev and
+    test questions `rm_samples_per_question` times with PPO's sampling settings, and the oracle
+    annotates every sample: `<d>/{train,dev,test}_feedback.json` in the QA-FEEDBACK schema.
+
+    Runs `fgrlhf data sample-feedback` (the same command a user runs with their own policy and
+    annotator) in a child process: vLLM spawns its engine there, away from this process's Ray.
+    """
+    import subprocess
+    import sys
+
+    limited = d / "prompts"
+    limited.mkdir(exist_ok=True)
+    train = json.loads((data_dir / "train.json").read_text())[: budget.rm_data_questions]
+    (limited / "train.json").write_text(json.dumps(train, ensure_ascii=False))
+    prompts = [str(limited / "train.json"), str(data_dir / "dev.json"), str(data_dir / "test.json")]
+    cmd = [sys.executable, "-m", "fgrlhf_ray.data.cli", "sample-feedback", "--policy", policy, "--prompts", *prompts,
+           "--out", str(d), "--n", str(budget.rm_samples_per_question), "--annotator", "oracle",
+           "--temperature", str(ppo.temperature), "--top-k", str(ppo.top_k),
+           "--max-new-tokens", str(budget.max_new_tokens), "--seed", str(10_000 + seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"policy sampling failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    files = {split: str(d / f"{split}_feedback.json") for split in ("train", "dev", "test")}
+    return {"files": files, "counts": {split: report["files"][path] for split, path in files.items()},
+            "sample_seconds": report["sample_seconds"], "annotate_seconds": report["annotate_seconds"]}
+
+
+def rm_data_files(d: Path, *, rm_data: str, samples: dict, data_dir: Path) -> tuple[str, str]:
+    """(train, dev) feedback files of the chosen `DemoConfig.rm_data` (mixed: both concatenated)."""
+    policy = samples["files"]
+    if rm_data == "policy":
+        return policy["train"], policy["dev"]
+    if rm_data == "perturbations":
+        return str(data_dir / "train_feedback.json"), str(data_dir / "dev_feedback.json")
+    out = []
+    for split in ("train", "dev"):
+        rows = json.loads(Path(policy[split]).read_text()) + json.loads((data_dir / f"{split}_feedback.json").read_text())
+        path = d / f"mixed_{split}_feedback.json"
+        path.write_text(json.dumps(rows, ensure_ascii=False))
+        out.append(str(path))
+    return out[0], out[1]
+
+
 def build_rm_backbone(d: Path, *, kind: str, layers: int, seed: int) -> str:
     """The encoder every RM starts from: MiniLM cut to its first `layers` layers, or a tiny random one."""
     if kind == "tiny":
@@ -260,7 +338,7 @@ RM_TASKS = {  # name → (task, density in PPO, RM kind in PPO)
 }
 
 
-def stage_reward_models(d: Path, *, data_dir: Path, budget: DemoBudget, seed: int,
+def stage_reward_models(d: Path, *, train_path: str, dev_path: str, budget: DemoBudget, seed: int,
                         num_threads: int | None) -> dict:
     import torch
 
@@ -274,8 +352,7 @@ def stage_reward_models(d: Path, *, data_dir: Path, budget: DemoBudget, seed: in
     for name, (task, _, _) in RM_TASKS.items():
         cfg = RewardModelTrainConfig.model_validate(dict(
             task=task, name=name, backbone=backbone, output_dir=str(d / name), seed=seed,
-            data={"train_path": str(data_dir / "train_feedback.json"), "dev_path": str(data_dir / "dev_feedback.json"),
-                  "max_train_examples": budget.rm_train_examples},
+            data={"train_path": train_path, "dev_path": dev_path, "max_train_examples": budget.rm_train_examples},
             # Prompts are short here (three passages of 2-4 sentences): 320 tokens hold them.
             max_length=320, epochs=100, max_steps=budget.rm_steps, batch_size=16,
             lr=1e-4 if budget.rm_backbone == "minilm" else 1e-3,
@@ -290,17 +367,58 @@ def stage_reward_models(d: Path, *, data_dir: Path, budget: DemoBudget, seed: in
     return out
 
 
-def ppo_run_config(method: str, *, run_dir: Path, policy: str, rms: dict, data_dir: Path,
+def stage_rm_quality(d: Path, *, rms: dict, policy_test: str, perturbation_test: str) -> dict:
+    """Each RM on held-out *policy answers* of test questions (oracle labels) and, for contrast,
+    on perturbed gold answers: `fgrlhf eval-rm`'s numbers and its trivial baselines."""
+    import argparse
+
+    from fgrlhf_ray.errors import DataError
+    from fgrlhf_ray.rewards.cli import eval_rm
+
+    out = {}
+    for name, rm in rms.items():
+        seg = rm["task"] in ("relevance", "factuality")
+        entry: dict = {"metric": "macro_f1" if seg else "accuracy", "baselines": {}}
+        for label, path in (("policy_samples", policy_test), ("perturbations", perturbation_test)):
+            target = d / f"{name}_{label}.json"
+            try:
+                eval_rm(argparse.Namespace(model=rm["path"], data=path, format="auto", split="all",
+                                           output=str(target), batch_size=32, device="cpu", seed=0))
+            except DataError as e:  # e.g. every pair of a tiny smoke-run policy's samples is a tie
+                entry[label] = {"error": str(e)}
+                continue
+            res = json.loads(target.read_text())
+            entry[label] = {k: v for k, v in res.items() if isinstance(v, (int, float))}
+            if label == "policy_samples":
+                entry["baselines"] = {k: (b["macro_f1"] if seg else b) for k, b in res["baselines"].items()}
+        out[name] = entry
+    return out
+
+
+ORACLE_SCORERS = "fgrlhf_ray.data.oracle_scorers"
+
+
+def reward_models_of(arm: str, method: str, *, rms: dict, ppo: "DemoPPOSettings") -> list[dict]:
+    """The `reward_models` block of one (arm, method): learned RMs or the oracle's function scorers."""
+    names = ("relevance", "factuality", "completeness") if method == "fine_grained" else ("holistic",)
+    if method not in METHODS or arm not in ("learned", "oracle"):
+        raise ValueError(f"unknown arm/method {arm}/{method}")
+    out = []
+    for n in names:
+        weight = ppo.weights[n] if method == "fine_grained" else 1.0
+        if arm == "learned":
+            out.append({"name": n, "kind": RM_TASKS[n][2], "path": rms[n]["path"], "density": RM_TASKS[n][1],
+                        "weight": weight, "batch_size": 32})
+        else:
+            out.append({"name": n, "kind": "function", "target": f"{ORACLE_SCORERS}:{n}",
+                        "density": RM_TASKS[n][1], "weight": weight})
+    return out
+
+
+def ppo_run_config(arm: str, method: str, *, run_dir: Path, policy: str, rms: dict, data_dir: Path,
                    budget: DemoBudget, ppo: DemoPPOSettings, seed: int) -> dict:
-    """The `fgrlhf train` config of one method (also written next to its run as config.yaml)."""
-    if method == "fine_grained":
-        reward_models = [{"name": n, "kind": RM_TASKS[n][2], "path": rms[n]["path"], "density": RM_TASKS[n][1],
-                          "weight": ppo.weights[n], "batch_size": 32} for n in ("relevance", "factuality", "completeness")]
-    elif method == "holistic":
-        reward_models = [{"name": "holistic", "kind": "sequence_preference", "path": rms["holistic"]["path"],
-                          "density": "sequence", "weight": 1.0, "batch_size": 32}]
-    else:
-        raise ValueError(method)
+    """The `fgrlhf train` config of one arm and method (also written next to its run as config.yaml)."""
+    reward_models = reward_models_of(arm, method, rms=rms, ppo=ppo)
     n_evals = math.ceil(budget.ppo_steps / budget.eval_every) + 1
     batch = budget.prompts_per_step * budget.samples_per_prompt
     return {
@@ -356,9 +474,11 @@ def generate_greedy(policy_dir: str, prompts: Sequence[str], *, max_new_tokens: 
                                                   batch_size=32, greedy=True)]
 
 
-def oracle_scores(records: Sequence[dict], responses: Sequence[str], baseline: Sequence[str]) -> dict[str, float]:
-    """`oracle_metrics` plus the grouped error rates and the oracle win rate vs `baseline` (ties ½)."""
+def oracle_scores(records: Sequence[dict], responses: Sequence[str], baseline: Sequence[str]) -> tuple[dict, list]:
+    """(`oracle_metrics` + grouped error rates + oracle win rate vs `baseline` (ties ½) + answer
+    shape, per-question quality Q / max Q) of `responses[i]` answering `records[i]`."""
     from fgrlhf_ray.data.synthetic import Oracle, oracle_metrics
+    from fgrlhf_ray.segments import answer_shape
 
     oracle = Oracle()
     m = oracle_metrics(records, list(responses), oracle)
@@ -366,11 +486,18 @@ def oracle_scores(records: Sequence[dict], responses: Sequence[str], baseline: S
     m["factuality_errors_per_sentence"] = sum(m[f"errors_per_sentence/{t}"] for t in FACTUALITY_ERRORS)
     wins = [oracle.preference(r, a, b) for r, a, b in zip(records, responses, baseline)]
     m["win_rate_vs_sft"] = sum(1.0 if w == 1 else 0.5 if w == 0 else 0.0 for w in wins) / len(wins)
-    return m
+    m.update(answer_shape(responses))
+    quality = [oracle.quality(r, a) / oracle.max_quality(r) for r, a in zip(records, responses)]
+    return m, quality
 
 
-def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, dict[int, dict]],
+def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, dict[str, dict[int, dict]]],
                    budget: DemoBudget, num_threads: int | None) -> dict:
+    """Greedy answers of the SFT policy and of every saved checkpoint, judged by the oracle.
+
+    `runs[arm][method][seed]` is a PPO stage result. Returns the `demo_report` input: curves
+    per arm/method/seed, and per-question quality of each final checkpoint (for paired SEs).
+    """
     import torch
 
     if num_threads:
@@ -378,148 +505,61 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
     records = json.loads((data_dir / "test.json").read_text())[: budget.n_eval_prompts]
     prompts = [r["text"] for r in records]
     sft_out = generate_greedy(sft_policy, prompts, max_new_tokens=budget.max_new_tokens)
-    sft_metrics = oracle_scores(records, sft_out, sft_out)
-    curves: dict[str, dict[str, list[dict]]] = {}
+    sft_metrics, sft_quality = oracle_scores(records, sft_out, sft_out)
+    curves: dict = {}
+    final_quality: dict = {}
     samples: dict[str, list[dict]] = {"sft": [{"question": r["question"], "response": o}
                                               for r, o in zip(records[:5], sft_out)]}
-    for method, by_seed in runs.items():
-        curves[method] = {}
-        for seed, run in by_seed.items():
-            points = [{"step": 0, **sft_metrics}]
-            last_out: list[str] = sft_out
-            for step, policy_dir in sorted(run["checkpoints"].items(), key=lambda kv: int(kv[0])):
-                last_out = generate_greedy(policy_dir, prompts, max_new_tokens=budget.max_new_tokens)
-                points.append({"step": int(step), **oracle_scores(records, last_out, sft_out)})
-                print(f"[demo]   {method} seed {seed} step {step}: "
-                      f"win vs SFT {points[-1]['win_rate_vs_sft']:.2f}", flush=True)
-            curves[method][str(seed)] = points
-            if seed == next(iter(by_seed)):
-                samples[method] = [{"question": r["question"], "response": o} for r, o in zip(records[:5], last_out)]
+    for arm, by_method in runs.items():
+        curves[arm], final_quality[arm] = {}, {}
+        for method, by_seed in by_method.items():
+            curves[arm][method], final_quality[arm][method] = {}, {}
+            for seed, run in by_seed.items():
+                points = [{"step": 0, **sft_metrics}]
+                last_out, quality = sft_out, sft_quality
+                for step, policy_dir in sorted(run["checkpoints"].items(), key=lambda kv: int(kv[0])):
+                    last_out = generate_greedy(policy_dir, prompts, max_new_tokens=budget.max_new_tokens)
+                    metrics, quality = oracle_scores(records, last_out, sft_out)
+                    points.append({"step": int(step), **metrics})
+                    print(f"[demo]   {arm}/{method} seed {seed} step {step}: oracle quality "
+                          f"{metrics['mean_quality_ratio']:.3f}, win vs SFT {metrics['win_rate_vs_sft']:.2f}", flush=True)
+                curves[arm][method][str(seed)] = points
+                final_quality[arm][method][str(seed)] = quality
+                if seed == next(iter(by_seed)):
+                    samples[f"{arm}/{method}"] = [{"question": r["question"], "response": o}
+                                                  for r, o in zip(records[:5], last_out)]
     (d / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False))
-    return {"sft": sft_metrics, "curves": curves, "n_prompts": len(records)}
-
-
-# ------------------------------------------------------------------------ report
-
-
-HEADLINE = [  # (metric key, label, lower is better)
-    ("relevance_errors_per_sentence", "relevance errors / sentence", True),
-    ("factuality_errors_per_sentence", "factuality errors / sentence", True),
-    ("missing_rate", "missing-fact rate", True),
-    ("frac_with_any_error", "answers with an error", True),
-    ("perfect_rate", "perfect answers", False),
-    ("mean_quality_ratio", "oracle quality (share of max)", False),
-    ("win_rate_vs_sft", "oracle win rate vs SFT", False),
-    ("mean_words", "mean words", None),
-]
-PER_TYPE = [f"errors_per_sentence/{t}" for t in RELEVANCE_ERRORS + FACTUALITY_ERRORS]
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize(evaluation: dict) -> dict:
-    """Final-step metrics per method, mean and std over seeds; SFT as the reference row."""
-    table: dict[str, dict[str, list[float]]] = {"sft": {k: [v] for k, v in evaluation["sft"].items()}}
-    for method, by_seed in evaluation["curves"].items():
-        finals = [points[-1] for points in by_seed.values()]
-        table[method] = {k: [f[k] for f in finals] for k in finals[0] if k != "step"}
-    return {row: {k: mean_std(v) for k, v in metrics.items()} for row, metrics in table.items()}
-
-
-def _fmt(ms: tuple[float, float], n_seeds: int) -> str:
-    mean, std = ms
-    return f"{mean:.3f} ± {std:.3f}" if n_seeds > 1 else f"{mean:.3f}"
-
-
-def verdict(summary: dict) -> str:
-    """Did fine-grained beat holistic on the oracle's quality (with its margin), and did
-    either improve on the SFT policy they started from? A method that beats the other while
-    both fall below SFT has not shown that RLHF helped, and the sentence says so."""
-    fg, ho = summary["fine_grained"]["mean_quality_ratio"], summary["holistic"]["mean_quality_ratio"]
-    sft = summary["sft"]["mean_quality_ratio"][0]
-    diff = fg[0] - ho[0]
-    noise = math.hypot(fg[1], ho[1])
-    if noise and abs(diff) <= noise:
-        head = (f"fine-grained and holistic PPO are within seed noise on oracle quality "
-                f"({fg[0]:.3f} vs {ho[0]:.3f}, std {noise:.3f})")
-    else:
-        better = "beat" if diff > 0 else "did not beat"
-        head = f"fine-grained PPO {better} holistic PPO on oracle quality ({fg[0]:.3f} vs {ho[0]:.3f})"
-    above = [name for name, q in (("fine-grained", fg[0]), ("holistic", ho[0])) if q > sft]
-    if not above:
-        tail = f"but neither improved on the SFT policy ({sft:.3f}): PPO degraded oracle quality here"
-    elif len(above) == 1:
-        tail = f"and only {above[0]} PPO improved on the SFT policy ({sft:.3f})"
-    else:
-        tail = f"and both improved on the SFT policy ({sft:.3f})"
-    return f"{head}, {tail}."
+    return {"sft": sft_metrics, "sft_quality": sft_quality, "curves": curves, "final_quality": final_quality,
+            "n_prompts": len(records)}
 
 
 def write_report(out: Path, *, config: DemoConfig, stages: dict, evaluation: dict, timings: dict) -> dict:
-    summary = summarize(evaluation)
-    n_seeds = len(config.ppo_seeds)
-    rows = ["sft", *METHODS]
-    lines = [
+    """report.md, results.json and curves.png from the evaluation (statistics in `demo_report`)."""
+    from fgrlhf_ray import demo_report as R
+
+    arms, seeds = config.runs()
+    analysis = R.analyse(evaluation)
+    header = [
         "# fgrlhf demo: fine-grained vs holistic RLHF on the synthetic fact-QA world",
         "",
-        f"Preset `{config.preset}`; PPO seeds {config.ppo_seeds}; {evaluation['n_prompts']} test questions "
-        "answered greedily; every number below is the *oracle's* judgement (not a reward model's).",
-        "",
-        "| metric | SFT | holistic PPO | fine-grained PPO |",
-        "|---|---|---|---|",
+        f"Preset `{config.preset}`; arms {arms}; PPO seeds {seeds}; reward-model data `{config.rm_data}`; "
+        f"{evaluation['n_prompts']} test questions answered greedily; every number below is the *oracle's* "
+        "judgement (not a reward model's). Each method saw "
+        f"{config.sizes().ppo_steps * config.sizes().prompts_per_step * config.sizes().samples_per_prompt} "
+        "episodes (PPO steps × prompts × samples).",
     ]
-    for key, label, lower in HEADLINE + [(k, k.split("/")[1] + " / sentence", True) for k in PER_TYPE]:
-        arrow = "" if lower is None else (" ↓" if lower else " ↑")
-        cells = [_fmt(summary[r][key], 1 if r == "sft" else n_seeds) for r in ("sft", "holistic", "fine_grained")]
-        lines.append(f"| {label}{arrow} | " + " | ".join(cells) + " |")
-    lines += ["", f"**Verdict:** {verdict(summary)}", "",
-              "Reward models (dev metric of the selected checkpoint):", ""]
-    for name, rm in stages["rm"].items():
-        lines.append(f"- {name}: {rm.get('dev_metric_name') or 'dev metric'} = {rm['best_dev_metric']:.3f}")
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
-              "![oracle metrics vs PPO steps](curves.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    results = {"config": config.model_dump(mode="json"), "budget": config.sizes().model_dump(), "summary": {r: {k: list(v) for k, v in summary[r].items()}
-                                                                     for r in rows},
-               "curves": evaluation["curves"], "sft": evaluation["sft"], "reward_models": stages["rm"],
-               "stage_seconds": timings, "verdict": verdict(summary)}
+    R.write_report(out, header=header, analysis=analysis, evaluation=evaluation, n_seeds=len(seeds),
+                   rm_quality=stages.get("rm_quality"), timings=timings)
+    verdicts = {arm: a["verdict"] for arm, a in analysis.items()}
+    results = {"config": config.model_dump(mode="json"), "budget": config.sizes().model_dump(),
+               "arms": {arm: {"summary": {r: {k: list(v) for k, v in a["summary"][r].items()} for r in a["summary"]},
+                              **{k: a[k] for k in ("comparison", "sample_efficiency", "gaming", "verdict", "goal")}}
+                        for arm, a in analysis.items()},
+               "curves": evaluation["curves"], "sft": evaluation["sft"], "reward_models": stages.get("rm"),
+               "rm_quality": stages.get("rm_quality"), "policy_samples": stages.get("samples"),
+               "stage_seconds": timings, "verdict": verdicts}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot_curves(out / "curves.png", evaluation)
     return results
-
-
-def plot_curves(path: Path, evaluation: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("relevance_errors_per_sentence", "relevance errors / sentence ↓"),
-              ("factuality_errors_per_sentence", "factuality errors / sentence ↓"),
-              ("missing_rate", "missing-fact rate ↓"),
-              ("win_rate_vs_sft", "oracle win rate vs SFT ↑")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
-    colours = {"fine_grained": "tab:blue", "holistic": "tab:orange"}
-    for ax, (key, title) in zip(axes, panels):
-        for method, by_seed in evaluation["curves"].items():
-            runs = list(by_seed.values())
-            steps = [p["step"] for p in runs[0]]
-            values = [[run[i][key] for run in runs] for i in range(len(steps))]
-            mean = [statistics.fmean(v) for v in values]
-            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            label = method.replace("_", "-") + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
-            ax.plot(steps, mean, marker="o", color=colours.get(method), label=label)
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=colours.get(method), alpha=0.2)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("PPO step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------ pipeline
@@ -528,6 +568,7 @@ def plot_curves(path: Path, evaluation: dict) -> None:
 def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
     """Run (or resume) every stage; returns results.json's content."""
     budget = config.sizes()
+    arms, seeds = config.runs()
     if budget.eval_every > budget.ppo_steps:
         raise ConfigError(f"budget.eval_every ({budget.eval_every}) must be <= budget.ppo_steps ({budget.ppo_steps})")
     out = Path(config.out)
@@ -540,26 +581,43 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
     sft_key, sft = stages.run("sft", {"data": data_key, "steps": budget.sft_steps, "seed": config.seed},
                               lambda d: stage_sft(d, data_dir=data_dir, steps=budget.sft_steps, seed=config.seed,
                                                   num_threads=config.num_threads))
-    rm_payload = {"data": data_key, "seed": config.seed,
+    sample_payload = {"sft": sft_key, "seed": config.seed, "sampling": [config.ppo.temperature, config.ppo.top_k],
+                      **budget.model_dump(include={"rm_data_questions", "rm_samples_per_question", "max_new_tokens"})}
+    samples_key, samples = stages.run("samples", sample_payload,
+                                      lambda d: stage_policy_samples(d, data_dir=data_dir, policy=sft["policy"],
+                                                                     budget=budget, ppo=config.ppo, seed=config.seed))
+    rm_payload = {"data": data_key, "samples": samples_key, "rm_data": config.rm_data, "seed": config.seed,
                   **budget.model_dump(include={"rm_backbone", "rm_layers", "rm_steps", "rm_train_examples"})}
-    rm_key, rms = stages.run("rm", rm_payload,
-                             lambda d: stage_reward_models(d, data_dir=data_dir, budget=budget, seed=config.seed,
-                                                           num_threads=config.num_threads))
-    runs: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
+
+    def train_rms(d: Path) -> dict:
+        train_path, dev_path = rm_data_files(d, rm_data=config.rm_data, samples=samples, data_dir=data_dir)
+        return stage_reward_models(d, train_path=train_path, dev_path=dev_path, budget=budget, seed=config.seed,
+                                   num_threads=config.num_threads)
+
+    rm_key, rms = (stages.run("rm", rm_payload, train_rms) if "learned" in arms else (None, {}))
+    rm_quality = None
+    if rms:
+        _, rm_quality = stages.run("rm_quality", {"rm": rm_key},
+                                   lambda d: stage_rm_quality(d, rms=rms, policy_test=samples["files"]["test"],
+                                                              perturbation_test=str(data_dir / "test_feedback.json")))
+    runs: dict[str, dict[str, dict[int, dict]]] = {arm: {m: {} for m in METHODS} for arm in arms}
     ppo_keys = {}
-    for seed in config.ppo_seeds:
-        for method in METHODS:
-            name = f"ppo/{method}/seed{seed}"
-            run_cfg = ppo_run_config(method, run_dir=stages.dir(name), policy=sft["policy"], rms=rms,
-                                     data_dir=data_dir, budget=budget, ppo=config.ppo, seed=seed)
-            key, runs[method][seed] = stages.run(name, {"sft": sft_key, "rm": rm_key, "config": run_cfg},
-                                                 lambda d, c=run_cfg: stage_ppo(d, run_config=c))
-            ppo_keys[name] = key
-    _, evaluation = stages.run("evaluate", {"ppo": ppo_keys, "n": budget.n_eval_prompts},
+    for seed in seeds:
+        for arm in arms:
+            for method in METHODS:
+                name = f"ppo/{arm}/{method}/seed{seed}"
+                run_cfg = ppo_run_config(arm, method, run_dir=stages.dir(name), policy=sft["policy"], rms=rms,
+                                         data_dir=data_dir, budget=budget, ppo=config.ppo, seed=seed)
+                key, runs[arm][method][seed] = stages.run(
+                    name, {"sft": sft_key, "rm": rm_key if arm == "learned" else None, "config": run_cfg},
+                    lambda d, c=run_cfg: stage_ppo(d, run_config=c))
+                ppo_keys[name] = key
+    _, evaluation = stages.run("evaluate", {"ppo": ppo_keys, "n": budget.n_eval_prompts, "version": 2},
                                lambda d: stage_evaluate(d, data_dir=data_dir, sft_policy=sft["policy"], runs=runs,
                                                         budget=budget, num_threads=config.num_threads))
     stages.timings["total"] = time.perf_counter() - t0
-    return write_report(out, config=config, stages={"rm": rms}, evaluation=evaluation, timings=stages.timings)
+    return write_report(out, config=config, stages={"rm": rms, "rm_quality": rm_quality, "samples": samples},
+                        evaluation=evaluation, timings=stages.timings)
 
 
 # ------------------------------------------------------------------------ CLI
@@ -569,7 +627,7 @@ def _demo(args: argparse.Namespace) -> int:
     from fgrlhf_ray.config import apply_overrides, parse_override
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raw: dict = {"preset": "quick" if args.quick else "default"}
+    raw: dict = {"preset": "quick" if args.quick else args.preset}
     if args.out:
         raw["out"] = args.out
     if args.seeds:
@@ -585,7 +643,9 @@ def _demo(args: argparse.Namespace) -> int:
         remove_demo_output(Path(config.out))
     results = run_demo(config, fresh=args.fresh)
     out = Path(config.out)
-    print(f"\n{results['verdict']}\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}\n"
+    lines = [f"{arm} arm: {v}" for arm, v in results["verdict"].items()]
+    lines += [f"  ⚠ {g}" for a in results["arms"].values() for g in a["gaming"]]
+    print("\n" + "\n".join(lines) + f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}\n"
           f"plot: {out / 'curves.png'}")
     return 0
 
@@ -625,6 +685,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="output folder (default outputs/demo)")
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (minutes; numbers meaningless)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="default: learned arm, one seed (≤ 15 min); full: both arms, 3 seeds (≤ 75 min)")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder and redo every stage")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                         help="PPO seeds (one run per method and seed; default 0)")

@@ -1,8 +1,10 @@
 """`fgrlhf demo --quick`: the main job end to end at smoke-test sizes.
 
-Synthetic world → SFT → four reward models → fine-grained and holistic PPO through the
-real trainer (Ray, vLLM-CPU rollouts, scorer actors, DeepSpeed learner) → oracle
-evaluation → report.md / results.json / curves.png. A second invocation reuses every
+Synthetic world → SFT → policy samples annotated by the oracle (a vLLM engine in
+`fgrlhf data sample-feedback`) → four reward models trained on them and judged on held-out
+policy samples → fine-grained and holistic PPO in both arms (learned RMs; the oracle as
+function scorers) through the real trainer (Ray, vLLM-CPU rollouts, scorer actors,
+DeepSpeed learner) → oracle evaluation → report.md / results.json / curves.png. A second invocation reuses every
 finished stage. The numbers of a quick run mean nothing; that they exist, are finite and
 are consistent does.
 """
@@ -21,7 +23,10 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-STAGES = ("data", "sft", "rm", "ppo/fine_grained/seed0", "ppo/holistic/seed0", "evaluate")
+ARMS = ("learned", "oracle")
+METHODS = ("fine_grained", "holistic")
+STAGES = ("data", "sft", "samples", "rm", "rm_quality",
+          *(f"ppo/{arm}/{m}/seed0" for arm in ARMS for m in METHODS), "evaluate")
 
 
 def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -50,29 +55,54 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
     assert width >= 300 and height >= 200
 
     results = json.loads((out / "results.json").read_text())
-    summary = results["summary"]
-    assert set(summary) == {"sft", "holistic", "fine_grained"}
-    for method, metrics in summary.items():
-        for name in ("mean_quality_ratio", "win_rate_vs_sft", "missing_rate", "frac_with_any_error", "mean_words"):
-            mean, std = metrics[name]
-            assert math.isfinite(mean) and math.isfinite(std), (method, name, metrics[name])
-        assert 0.0 <= metrics["win_rate_vs_sft"][0] <= 1.0
-    # The SFT policy against itself: every comparison is a tie.
-    assert summary["sft"]["win_rate_vs_sft"][0] == pytest.approx(0.5)
-    # One oracle evaluation per saved checkpoint (step 0 = SFT, then every eval_every steps).
-    for method in ("fine_grained", "holistic"):
-        steps = [point["step"] for point in results["curves"][method]["0"]]
-        assert steps[0] == 0 and steps[-1] == 2, (method, steps)
+    assert set(results["arms"]) == set(ARMS)
+    for arm in ARMS:
+        summary = results["arms"][arm]["summary"]
+        assert set(summary) == {"sft", *METHODS}
+        for method, metrics in summary.items():
+            for name in ("mean_quality_ratio", "win_rate_vs_sft", "missing_rate", "frac_with_any_error",
+                         "shape/words_per_answer", "shape/sub_sentences_per_answer"):
+                mean, std = metrics[name]
+                assert math.isfinite(mean) and math.isfinite(std), (arm, method, name, metrics[name])
+            assert 0.0 <= metrics["win_rate_vs_sft"][0] <= 1.0
+        # The SFT policy against itself: every comparison is a tie.
+        assert summary["sft"]["win_rate_vs_sft"][0] == pytest.approx(0.5)
+        # One oracle evaluation per saved checkpoint (step 0 = SFT, then every eval_every steps).
+        for method in METHODS:
+            steps = [point["step"] for point in results["curves"][arm][method]["0"]]
+            assert steps[0] == 0 and steps[-1] == 2, (arm, method, steps)
+        comp = results["arms"][arm]["comparison"]
+        assert math.isfinite(comp["diff"]) and comp["se"] >= 0 and "test questions" in comp["basis"]
     report = (out / "report.md").read_text()
     assert "| metric | SFT | holistic PPO | fine-grained PPO |" in report
+    assert "## Arm: learned reward models" in report and "## Arm: oracle rewards" in report
     assert "![oracle metrics vs PPO steps](curves.png)" in report
-    assert results["verdict"] in report
+    for verdict in results["verdict"].values():
+        assert verdict in report
 
-    # Both PPO runs went through the real trainer and logged every step.
-    for method in ("fine_grained", "holistic"):
-        rows = [json.loads(line) for line in (out / "ppo" / method / "seed0" / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows if "reward/total_mean" in r] == [1, 2]
-        assert all(r["sync/probe_gap"] <= 1e-2 for r in rows if "sync/probe_gap" in r)
+    # The RM data are the SFT policy's own samples, annotated; the RMs were judged on held-out ones.
+    samples = results["policy_samples"]
+    rows = json.loads(Path(samples["files"]["train"]).read_text())
+    assert len(rows) == 16 * 4 and all("feedback" in r and "preference" in r for r in rows)
+    for name in ("relevance", "factuality"):
+        q = results["rm_quality"][name]
+        assert 0.0 <= q["policy_samples"][q["metric"]] <= 1.0 and q["baselines"], name
+    for name in ("completeness", "holistic"):  # the 40-step policy's samples may all tie: then it says so
+        q = results["rm_quality"][name]["policy_samples"]
+        assert 0.0 <= q.get("accuracy", 0.0) <= 1.0 and ("accuracy" in q or "examples" in q["error"]), name
+
+    # Every PPO run went through the real trainer and logged every step, answer shape included;
+    # the oracle arm's rewards came from the function scorers.
+    for arm in ARMS:
+        for method in METHODS:
+            run = out / "ppo" / arm / method / "seed0"
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            steps = [r for r in rows if "reward/total_mean" in r]
+            assert [r["step"] for r in steps] == [1, 2]
+            assert all(r["shape/sub_sentences_per_answer"] > 0 for r in steps)
+            assert all(r["sync/probe_gap"] <= 1e-2 for r in rows if "sync/probe_gap" in r)
+            config = (run / "config.yaml").read_text()
+            assert ("fgrlhf_ray.data.oracle_scorers" in config) == (arm == "oracle"), (arm, method)
 
     # Re-running reuses every finished stage (no Ray, no training) and rewrites the same report.
     second = demo("--quick", "--out", str(out), cwd=tmp_path)
@@ -80,4 +110,4 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
     for stage in STAGES:
         assert f"[demo] {stage}: done before" in second.stdout, (stage, second.stdout[-3000:])
     assert "running →" not in second.stdout
-    assert json.loads((out / "results.json").read_text())["summary"] == summary
+    assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]

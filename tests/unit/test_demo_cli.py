@@ -49,6 +49,20 @@ def test_presets_are_consistent():
     for name, budget in PRESETS.items():
         assert budget.eval_every <= budget.ppo_steps, name
         assert DemoConfig(preset=name).sizes() == budget
+    # Issue 16's budget: at least 1,500 episodes per method in the default and full presets.
+    for name in ("default", "full"):
+        b = PRESETS[name]
+        assert b.ppo_steps * b.prompts_per_step * b.samples_per_prompt >= 1500, name
+    assert DemoConfig().runs() == (["learned"], [0])
+    assert DemoConfig(preset="full").runs() == (["learned", "oracle"], [0, 1, 2])
+    assert DemoConfig(preset="quick").runs()[0] == ["learned", "oracle"]  # the test suite exercises both arms
+    assert DemoConfig(arms=["oracle"], ppo_seeds=[4]).runs() == (["oracle"], [4])
+
+
+def test_bad_arm_exits_2_naming_the_field(tmp_path):
+    result = run_cli("--quick", "--set", "arms=[learned,magic]", cwd=tmp_path)
+    assert result.returncode == 2 and "arms" in result.stderr and "oracle" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_stage_reuse_resume_and_invalidation(tmp_path):
@@ -74,18 +88,3 @@ def test_stage_reuse_resume_and_invalidation(tmp_path):
     (tmp_path / "s" / "stage.json").unlink()
     Stages(tmp_path, fresh=False).run("s", {"a": 2}, work)
     assert "artifact" in calls[-1]
-
-
-@pytest.mark.parametrize("fg, ho, expected", [
-    ((-0.70, 0.0), (-0.74, 0.0), "fine-grained PPO beat holistic PPO on oracle quality (-0.700 vs -0.740), "
-                                 "but neither improved on the SFT policy (-0.477)"),
-    ((-0.40, 0.0), (-0.50, 0.0), "and only fine-grained PPO improved on the SFT policy"),
-    ((-0.40, 0.0), (-0.45, 0.0), "and both improved on the SFT policy"),
-    ((-0.40, 0.05), (-0.45, 0.05), "within seed noise"),
-])
-def test_verdict_names_the_winner_and_the_sft_baseline(fg, ho, expected):
-    from fgrlhf_ray.demo import verdict
-
-    summary = {"fine_grained": {"mean_quality_ratio": fg}, "holistic": {"mean_quality_ratio": ho},
-               "sft": {"mean_quality_ratio": (-0.477 if "neither" in expected else -0.46, 0.0)}}
-    assert expected in verdict(summary)

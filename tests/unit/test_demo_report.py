@@ -1,0 +1,91 @@
+"""The demo's verdict statistics: 2-SE rule, sample efficiency, gaming flags (crafted curves)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fgrlhf_ray import demo_report as R
+
+
+def point(step, quality, rel=0.4, fact=0.7, sentences=2.0, subs=3.0):
+    return {"step": step, R.QUALITY: quality, "relevance_errors_per_sentence": rel,
+            "factuality_errors_per_sentence": fact, "shape/sentences_per_answer": sentences,
+            "shape/sub_sentences_per_answer": subs}
+
+
+SFT = {k: v for k, v in point(0, -0.5).items() if k != "step"}
+
+
+def test_compare_uses_seed_standard_errors_with_two_or_more_seeds():
+    c = R.compare([0.30, 0.32, 0.34], [0.10, 0.12, 0.14], [], [])
+    # SE = sqrt(0.02²/3 + 0.02²/3) = 0.01633; Δ 0.2 ≫ 2 SE.
+    assert c["se"] == pytest.approx((0.0004 / 3 * 2) ** 0.5)
+    assert c["winner"] == "fine_grained" and "3 seeds" in c["basis"]
+    close = R.compare([0.30, 0.40], [0.28, 0.38], [], [])
+    assert close["winner"] is None  # Δ 0.02 within 2 SE (0.1)
+
+
+def test_compare_falls_back_to_paired_question_differences_with_one_seed():
+    c = R.compare([0.2], [0.1], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0])
+    # paired differences +1, -1, +1, -1: mean 0, SE 1/√4 · stdev(=1.1547) = 0.577.
+    assert c["se"] == pytest.approx(1.1547005 / 2)
+    assert c["winner"] is None and "test questions" in c["basis"]
+    clear = R.compare([0.5], [0.1], [0.5, 0.6, 0.4, 0.5], [0.1, 0.1, 0.0, 0.2])
+    assert clear["winner"] == "fine_grained"
+
+
+def test_sample_efficiency_is_the_first_step_reaching_holistics_final_quality():
+    by_method = {"fine_grained": {"0": [point(0, -0.5), point(3, -0.2), point(6, -0.1), point(12, 0.0)],
+                                  "1": [point(0, -0.5), point(3, -0.4), point(6, -0.1), point(12, 0.0)]},
+                 "holistic": {"0": [point(0, -0.5), point(3, -0.4), point(6, -0.3), point(12, -0.2)]}}
+    eff = R.sample_efficiency(by_method)
+    # fine-grained mean curve: -0.5, -0.3, -0.1, 0.0; holistic's final -0.2 is first reached at step 6.
+    assert eff["target"] == pytest.approx(-0.2) and eff["fine_grained_step"] == 6
+    assert eff["fine_grained_share"] == pytest.approx(0.5) and eff["holistic_step"] == 12
+    never = R.sample_efficiency({"fine_grained": {"0": [point(0, -0.5), point(3, -0.6)]},
+                                 "holistic": {"0": [point(0, -0.5), point(3, 0.1)]}})
+    assert never["fine_grained_step"] is None and never["fine_grained_share"] is None
+
+
+def test_gaming_flag_fires_when_segment_counts_move_more_than_25_percent():
+    summary = R.summarize_arm(SFT, {
+        "fine_grained": {"0": [point(0, -0.5), point(3, -0.4, sentences=1.4, subs=2.9)]},  # sentences −30%
+        "holistic": {"0": [point(0, -0.5), point(3, -0.4, sentences=2.4, subs=3.6)]},  # +20% each: silent
+    })
+    flags = R.gaming_flags(summary)
+    assert len(flags) == 1
+    assert flags[0].startswith("fine-grained: sentences per answer moved -30% from SFT (2.00 → 1.40)")
+
+
+def test_verdict_and_goal_lines():
+    summary = R.summarize_arm(SFT, {
+        "fine_grained": {"0": [point(0, -0.5), point(6, -0.1, rel=0.2, fact=0.5)],
+                         "1": [point(0, -0.5), point(6, -0.12, rel=0.2, fact=0.5)]},
+        "holistic": {"0": [point(0, -0.5), point(6, -0.4)], "1": [point(0, -0.5), point(6, -0.42)]},
+    })
+    comp = R.compare([-0.1, -0.12], [-0.4, -0.42], [], [])
+    text = R.verdict(summary, comp)
+    assert text.startswith("fine-grained PPO beat holistic PPO on oracle quality (-0.110 vs -0.410")
+    assert "both improved on the SFT policy (-0.500)" in text
+    assert ": reached" in R.goal_check("learned", summary, comp, {"fine_grained_share": 0.5})
+    assert ": reached" in R.goal_check("oracle", summary, comp, {"fine_grained_share": 0.5, "target": -0.2})
+    assert "not reached" in R.goal_check("oracle", summary, comp, {"fine_grained_share": 0.0, "target": -0.5})
+    assert "not reached" in R.goal_check("oracle", summary, comp, {"fine_grained_share": None})
+    tie = R.compare([-0.45, -0.40], [-0.44, -0.41], [], [])
+    assert "within noise" in R.verdict(summary, tie)
+
+
+def test_analyse_and_write_report_on_a_two_arm_evaluation(tmp_path):
+    curves = {arm: {"fine_grained": {"0": [point(0, -0.5), point(2, -0.3)]},
+                    "holistic": {"0": [point(0, -0.5), point(2, -0.4)]}} for arm in ("learned", "oracle")}
+    quality = {arm: {"fine_grained": {"0": [-0.3, -0.3, -0.2, -0.4]}, "holistic": {"0": [-0.4, -0.5, -0.3, -0.4]}}
+               for arm in curves}
+    evaluation = {"sft": SFT, "curves": curves, "final_quality": quality, "n_prompts": 4}
+    analysis = R.analyse(evaluation)
+    assert set(analysis) == {"learned", "oracle"}
+    text = R.write_report(tmp_path, header=["# t"], analysis=analysis, evaluation=evaluation, n_seeds=1,
+                          rm_quality={"relevance": {"metric": "macro_f1", "policy_samples": {"macro_f1": 0.8},
+                                                    "perturbations": {"macro_f1": 0.7},
+                                                    "baselines": {"all_error": 0.4}}}, timings={"total": 1.0})
+    assert "## Arm: oracle rewards" in text and "| relevance | macro_f1 | 0.800 | all_error 0.400 | 0.700 |" in text
+    assert (tmp_path / "curves.png").stat().st_size > 1000
