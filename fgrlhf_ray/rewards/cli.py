@@ -80,23 +80,17 @@ def format_report(res: dict) -> str:
 def read_generations(path: str) -> tuple[list[str], list[str], list[int]]:
     """Prompts, responses and lengths (`response_tokens`, else characters) of a generations JSONL
     file (`fgrlhf eval --out` writes `<stem>.generations.jsonl`); DataError naming a bad row."""
+    from fgrlhf_ray.data.rm_data import _iter_jsonl  # the JSONL reader of every RM data file
+
     prompts, responses, lengths = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {k}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                    or not isinstance(row.get("response"), str):
-                raise DataError(f"{path}: line {k}: a generations row needs string fields 'prompt' and 'response' "
-                                "(the *.generations.jsonl of `fgrlhf eval --out`)")
-            prompts.append(row["prompt"])
-            responses.append(row["response"])
-            tokens = row.get("response_tokens")
-            lengths.append(int(tokens) if isinstance(tokens, int) else len(row["response"]))
+    for lineno, row in _iter_jsonl(path):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
+            raise DataError(f"{path}: line {lineno}: a generations row needs string fields 'prompt' and 'response' "
+                            "(the *.generations.jsonl of `fgrlhf eval --out`)")
+        prompts.append(row["prompt"])
+        responses.append(row["response"])
+        tokens = row.get("response_tokens")
+        lengths.append(int(tokens) if isinstance(tokens, int) else len(row["response"]))
     if not responses:
         raise DataError(f"{path}: no generations in the file")
     return prompts, responses, lengths
