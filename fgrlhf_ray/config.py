@@ -504,7 +504,8 @@ class AuditConfig(StrictModel):
     judge: RewardModelConfig | None = None
     """The audit judge: any scorer, written like a reward model (`kind: function | http | serve`, or a
     saved RM `path`); null = no audit. It scores a sample of each audited step's rollouts in its own
-    actor, off the critical path; its verdicts never enter the reward."""
+    actor, off the critical path; its verdicts never enter the reward (its `weight` and normalisation are
+    ignored)."""
 
     sample_rate: float = Field(0.25, gt=0.0, le=1.0)
     """Share of an audited step's rollout samples the judge scores (at least `min_samples`)."""

@@ -110,7 +110,7 @@ def rm_batch_stats(verdicts: Sequence[SegmentRewards], *, response_tokens: Seque
         response_tokens: (B,) each response's length in policy tokens.
 
     Returns keys `total_mean`, `total_std`, `total_spread`, `segments_mean` always;
-    `error_share` for segment RMs; `uniform_share` for segment / token RMs when some sample
+    `error_share` for segment RMs (when the batch has a segment); `uniform_share` for segment / token RMs when some sample
     has two segments or more; `corr_length`, `corr_segments` when defined.
     """
     if len(verdicts) != len(response_tokens):
@@ -125,9 +125,9 @@ def rm_batch_stats(verdicts: Sequence[SegmentRewards], *, response_tokens: Seque
         "total_spread": (max(totals) - min(totals)) if totals else 0.0,
         "segments_mean": _mean(counts),
     }
-    if density in SEGMENT_DENSITIES:
+    if density in SEGMENT_DENSITIES and sum(counts):
         errors = sum(is_error(s) for v in verdicts for s in v.segments)
-        stats["error_share"] = errors / sum(counts) if sum(counts) else 0.0
+        stats["error_share"] = errors / sum(counts)
     if density in SEGMENT_DENSITIES or density == "token":
         multi = [{is_error(s) for s in v.segments} for v in verdicts if len(v.segments) >= 2]
         if multi:

@@ -127,6 +127,17 @@ def test_unlabelled_segments_use_the_sign_and_token_rms_get_uniform_share():
     assert stats["uniform_share"] == 0.5 and "error_share" not in stats
 
 
+def test_no_segments_no_error_share_and_the_judge_needs_a_cpu():
+    from fgrlhf_ray.trainer import required_cpus
+
+    empty = [SegmentRewards([], "sentence")] * 3
+    assert "error_share" not in rm_batch_stats(empty, response_tokens=[0, 0, 0])  # not "100% no_error"
+    base = {"reward_models": [{"name": "h", "kind": "function", "target": "m:f", "density": "sequence"}]}
+    judged = {**base, "audit": {"judge": {"name": "j", "kind": "function", "target": "m:g", "density": "sequence",
+                                          "num_cpus": 0.5}}}
+    assert required_cpus(RunConfig.model_validate(judged)) == required_cpus(RunConfig.model_validate(base)) + 0.5
+
+
 def test_batch_diagnostics_names_and_pairwise_correlation():
     verdicts, tokens = batch()
     stats = batch_diagnostics(verdicts, response_tokens=tokens)
