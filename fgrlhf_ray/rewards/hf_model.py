@@ -84,7 +84,7 @@ class HFRewardModel:
         self.batch_size = int(batch_size)
         self.network.to(self.device)
         self.network.eval()
-        # Frozen `SentenceEncoder` of segment RMs with explicit features (else None).
+        # Frozen `SentenceEncoder` of segment RMs whose explicit features need embeddings (else None).
         self.feature_encoder = feature_encoder
         if feature_encoder is not None:
             feature_encoder.model.to(self.device)
@@ -186,7 +186,7 @@ class HFRewardModel:
                 network.feature_head.weight.zero_()
                 network.feature_head.bias.zero_()
         encoder = None
-        if segment_features:
+        if segment_features and _needs_encoder(names):  # word-only features need no encoder
             enc_tok = tokenizer if feature_encoder is None else AutoTokenizer.from_pretrained(enc_path)
             encoder = _sentence_encoder(AutoModel.from_pretrained(enc_path), enc_tok)
         if pooling == "auto":
@@ -229,7 +229,7 @@ class HFRewardModel:
         backbone = _drop_pooler(AutoModel.from_pretrained(str(path)))
         network = RMNetwork(backbone, _hidden_size(hf_config), cls.out_dim, n_features=_n_features(meta))
         encoder = None
-        if meta.segment_features:
+        if meta.segment_features and _needs_encoder(meta.feature_names):
             enc_path = Path(path) / FEATURE_ENCODER_DIR
             if not (enc_path / "config.json").is_file():
                 raise ConfigError(f"{path}: {FEATURE_ENCODER_DIR}/ is missing (the model uses segment features)")
@@ -312,6 +312,13 @@ def _n_features(meta: RMMetadata) -> int:
     if not meta.segment_features:
         return 0
     return len(meta.feature_names) if meta.feature_names else len(BASE_FEATURES)
+
+
+def _needs_encoder(names: Sequence[str] | None) -> bool:
+    """Whether explicit features `names` (None: the base ten) need the frozen sentence encoder."""
+    from fgrlhf_ray.rewards.segment_features import BASE_FEATURES, needs_embeddings
+
+    return needs_embeddings(names or BASE_FEATURES)
 
 
 def _sentence_encoder(model: nn.Module, tokenizer):

@@ -26,7 +26,7 @@ from fgrlhf_ray.data.rm_data import SegmentExample, segment_splitter
 from fgrlhf_ray.rewards.base import check_pair_lengths
 from fgrlhf_ray.rewards.hf_model import HFRewardModel
 from fgrlhf_ray.rewards.inputs import InputStats, SegmentWindow, split_prompt
-from fgrlhf_ray.rewards.segment_features import BASE_FEATURES, standardize
+from fgrlhf_ray.rewards.segment_features import BASE_FEATURES, segment_feature_table, standardize
 from fgrlhf_ray.rewards.losses import IGNORE_INDEX, segment_classification_loss
 from fgrlhf_ray.types import Segment, SegmentRewards
 
@@ -63,11 +63,11 @@ class SegmentClassifierRM(HFRewardModel):
         """Unstandardised feature rows per segment (None without `segment_features`).
         Evidence features read the passages after the prompt's `context_marker`, whether
         or not the encoder input includes them (`use_context`)."""
-        if self.feature_encoder is None:
+        if not self.metadata.segment_features:
             return None
         parts = [split_prompt(p, self.metadata.context_marker) for p in prompts]
-        return self.feature_encoder.feature_rows([q for q, _ in parts], responses, spans, names=self.feature_names,
-                                                 contexts=[c for _, c in parts])
+        return segment_feature_table([q for q, _ in parts], responses, spans, names=self.feature_names,
+                                     contexts=[c for _, c in parts], encoder=self.feature_encoder)
 
     def _feature_tensor(self, shape: tuple[int, int], placed: list[list[tuple[int, list[float]]]]) -> torch.Tensor:
         """(B, T, F): each (position, raw row) of row b standardised at [b, position], zeros elsewhere."""
@@ -106,7 +106,7 @@ class SegmentClassifierRM(HFRewardModel):
         for i, f in enumerate(features):
             labels[i, : len(f["labels"])] = torch.tensor(f["labels"], dtype=torch.long)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels.to(self.device)}
-        if self.feature_encoder is not None:
+        if self.metadata.segment_features:
             batch["features"] = self._feature_tensor(tuple(ids.shape), [f["seg_features"] for f in features])
         return batch
 

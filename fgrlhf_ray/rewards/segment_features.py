@@ -64,6 +64,9 @@ FEATURES: dict[str, str] = {
     "evidence_longest_divergent": "longest such diverging run (words); 0 if none",
     "evidence_complete_matches": "runs of ≥ 2 words that end where their passage sentence ends",
     "has_evidence": "1 if the prompt has passages, else 0",
+    # --- question ↔ passages ↔ segment: is the segment about what the question is about?
+    "question_link_share": "share of the segment's words found in the question or in the passage sentences "
+                           "closest to it (BM25 ≥ half the best): answers stay on the question's entities",
 }
 
 #: The column order of models saved before feature names were stored.
@@ -75,12 +78,18 @@ FEATURE_NAMES = BASE_FEATURES
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "base": BASE_FEATURES,
     "position": ("index", "relative_position", "n_segments"),
-    "question": ("question_similarity", "question_similarity_gap", "question_word_overlap", "question_word_coverage"),
+    "question": ("question_similarity", "question_similarity_gap", "question_word_overlap", "question_word_coverage",
+                 "question_link_share"),
     "redundancy": ("max_similarity_previous", "max_similarity_next", "previous_word_containment",
                    "previous_trigram_share"),
     "evidence": ("evidence_similarity", "evidence_containment", "evidence_word_share", "evidence_longest_match",
                  "evidence_trigram_coverage", "evidence_divergences", "evidence_longest_divergent",
                  "evidence_complete_matches", "has_evidence"),
+    # the evidence features computed from words alone (no encoder pass)
+    "evidence_words": ("evidence_containment", "evidence_word_share", "evidence_longest_match",
+                       "evidence_trigram_coverage", "evidence_divergences", "evidence_longest_divergent",
+                       "evidence_complete_matches", "has_evidence"),
+    "lexical_redundancy": ("previous_word_containment", "previous_trigram_share"),
     "all": tuple(FEATURES),
 }
 
@@ -174,6 +183,22 @@ def match_runs_reference(segment: Sequence[str], sentences: Sequence[Sequence[st
             if any(list(s[p : p + k]) == piece for s in sentences for p in range(len(s) - k + 1)):
                 best = max(best, k)
         out.append(best)
+    return out
+
+
+def question_linked_words(question: str, sentences: Sequence[str]) -> set[str]:
+    """Words of the question and of the passage sentences closest to it: those whose
+    BM25 score for the question is at least half the best (none when no sentence
+    shares a term with the question)."""
+    from fgrlhf_ray.rewards.inputs import bm25_scores
+
+    out = set(word_list(question))
+    scores = bm25_scores(question, list(sentences)) if sentences else []
+    best = max(scores, default=0.0)
+    if best > 0:
+        for sent, sc in zip(sentences, scores):
+            if sc >= 0.5 * best:
+                out.update(word_list(sent))
     return out
 
 
@@ -272,6 +297,7 @@ def segment_feature_rows(
     sent_words = [word_list(s) for s in passage_sentences]
     sent_words = [s for s in sent_words if s]
     best_q = float(to_question.max())
+    linked = question_linked_words(question, passage_sentences) if "question_link_share" in want else set()
     rows = []
     for k, text in enumerate(segments):
         s_words = set(seg_words[k])
@@ -302,6 +328,9 @@ def segment_feature_rows(
             f["previous_trigram_share"] = len(mine & seen) / len(mine) if mine else 0.0
         if any(x.startswith("evidence_") and x != "evidence_similarity" for x in want):
             f.update(evidence_match_stats(seg_words[k], sent_words))
+        if "question_link_share" in want:
+            f["question_link_share"] = (sum(w in linked for w in seg_words[k]) / len(seg_words[k])
+                                        if seg_words[k] else 0.0)
         rows.append([f[x] for x in names])
     return rows
 
@@ -355,60 +384,67 @@ class SentenceEncoder:
         at = {t: j for j, t in enumerate(unique)}
         return torch.stack([pooled_by[at[t]] for t in texts])
 
-    def feature_rows(
-        self,
-        questions: Sequence[str],
-        responses: Sequence[str],
-        spans: Sequence[Sequence[tuple[int, int]]],
-        *,
-        names: Sequence[str] = BASE_FEATURES,
-        contexts: Sequence[str | None] | None = None,
-    ) -> list[list[list[float]]]:
-        """Raw feature rows (columns `names`) of the segments `spans[i]` of each
-        `responses[i]`, embedding all questions, responses, segments and (when a feature
-        needs them) passage sentences in one batched pass; each distinct passage text
-        is split and embedded once. `contexts[i]`: the passages of question i (None: none)."""
-        contexts = list(contexts) if contexts is not None else [None] * len(questions)
-        use_passages = any(n.startswith("evidence_") or n == "has_evidence" for n in names)
-        embed_passages = use_passages and needs_passage_embeddings(names)
-        if not needs_embeddings(names):  # word features only: no encoder pass at all
-            zero = torch.zeros((1, 1))
-            out = []
-            for q, r, sp, c in zip(questions, responses, spans, contexts):
-                segs = [r[a:b] for a, b in sp]
-                out.append(segment_feature_rows(q, segs, zero[0], zero.expand(len(segs), 1), zero[0], names=names,
-                                                passage_sentences=passage_sentences(c) if c and use_passages else ())
-                           if segs else [])
-            return out
-        texts: list[str] = []
-        passage_at: dict[str, tuple[int, tuple[str, ...]]] = {}
+    def feature_rows(self, questions, responses, spans, *, names=BASE_FEATURES, contexts=None):
+        """`segment_feature_table` with this encoder."""
+        return segment_feature_table(questions, responses, spans, names=names, contexts=contexts, encoder=self)
+
+
+def segment_feature_table(
+    questions: Sequence[str],
+    responses: Sequence[str],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    *,
+    names: Sequence[str] = BASE_FEATURES,
+    contexts: Sequence[str | None] | None = None,
+    encoder: "SentenceEncoder | None" = None,
+) -> list[list[list[float]]]:
+    """Raw feature rows (columns `names`) of the segments `spans[i]` of each
+    `responses[i]`. When a feature needs embeddings, `encoder` embeds all questions,
+    responses, segments and (if needed) passage sentences in one batched pass; each
+    distinct passage text is split and embedded once. Word-only features need no encoder.
+    `contexts[i]`: the passages of question i (None: none)."""
+    contexts = list(contexts) if contexts is not None else [None] * len(questions)
+    use_passages = any(n.startswith("evidence_") or n in ("has_evidence", "question_link_share") for n in names)
+    if not needs_embeddings(names):  # word features only: no encoder pass at all
+        zero = torch.zeros((1, 1))
+        out = []
         for q, r, sp, c in zip(questions, responses, spans, contexts):
-            if not sp:
-                continue
-            texts += [q, r] + [r[a:b] for a, b in sp]
-        for c in contexts if use_passages else ():
-            if c and c not in passage_at:
-                sents = passage_sentences(c)
-                passage_at[c] = (len(texts), sents)
-                if embed_passages:
-                    texts += list(sents)
-        emb = self.embed(texts) if texts else None
-        out, at = [], 0
-        for q, r, sp, c in zip(questions, responses, spans, contexts):
-            if not sp:
-                out.append([])
-                continue
-            n = len(sp)
-            e = emb[at : at + 2 + n]
-            at += 2 + n
-            sents: tuple[str, ...] = ()
-            p_emb = None
-            if c and c in passage_at:
-                start, sents = passage_at[c]
-                p_emb = emb[start : start + len(sents)] if embed_passages else None
-            out.append(segment_feature_rows(q, [r[a:b] for a, b in sp], e[0], e[2:], e[1], names=names,
-                                            passage_sentences=sents, passage_embeddings=p_emb))
+            segs = [r[a:b] for a, b in sp]
+            out.append(segment_feature_rows(q, segs, zero[0], zero.expand(len(segs), 1), zero[0], names=names,
+                                            passage_sentences=passage_sentences(c) if c and use_passages else ())
+                       if segs else [])
         return out
+    if encoder is None:
+        raise ValueError(f"features {[n for n in names if n in _EMBEDDED]} need a sentence encoder")
+    embed_passages = use_passages and needs_passage_embeddings(names)
+    texts: list[str] = []
+    passage_at: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for q, r, sp in zip(questions, responses, spans):
+        if sp:
+            texts += [q, r] + [r[a:b] for a, b in sp]
+    for c in contexts if use_passages else ():
+        if c and c not in passage_at:
+            sents = passage_sentences(c)
+            passage_at[c] = (len(texts), sents)
+            if embed_passages:
+                texts += list(sents)
+    emb = encoder.embed(texts) if texts else None
+    out, at = [], 0
+    for q, r, sp, c in zip(questions, responses, spans, contexts):
+        if not sp:
+            out.append([])
+            continue
+        n = len(sp)
+        e = emb[at : at + 2 + n]
+        at += 2 + n
+        sents: tuple[str, ...] = ()
+        p_emb = None
+        if c and c in passage_at:
+            start, sents = passage_at[c]
+            p_emb = emb[start : start + len(sents)] if embed_passages else None
+        out.append(segment_feature_rows(q, [r[a:b] for a, b in sp], e[0], e[2:], e[1], names=names,
+                                        passage_sentences=sents, passage_embeddings=p_emb))
+    return out
 
 
 @functools.lru_cache(maxsize=256)

@@ -401,7 +401,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         cfg.context_selection)
     if not features:
         raise DataError("no training inputs after encoding (all examples were skipped)")
-    if rm.feature_encoder is not None:
+    if rm.metadata.segment_features:
         _init_feature_head(rm, features, cfg.error_class_weight, log=rank == 0)
 
     per_rank = len(features) // world if world > 1 else len(features)
@@ -438,7 +438,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from tqdm.auto import tqdm
 
-    if rm.feature_encoder is not None and splits["dev"]:
+    if rm.metadata.segment_features and splits["dev"]:
         # The warm-started feature head alone is a candidate too ("epoch 0"): with little
         # data, fine-tuning the encoder may add more noise than signal, and dev decides.
         _evaluate_and_report(rm, cfg, splits["dev"], {"epoch": 0, "step": 0, "train_loss": None}, cut, session,
