@@ -478,9 +478,10 @@ class DiagnosticsConfig(StrictModel):
     """A condition must hold this many consecutive steps before its warning fires (once; again only
     after it cleared)."""
 
-    max_label_share: float = Field(0.95, gt=0.5, le=1.0)
+    max_label_share: float = Field(0.9, gt=0.5, le=1.0)
     """Warn when a segment RM gives one label (error or no_error) to at least this share of the
-    batch's segments: its reward is then a segment-count bonus or penalty."""
+    batch's segments: its reward is then mostly a segment-count bonus or penalty. A healthy RM on a
+    policy that really makes fewer than 1 − this errors also warns: raise it then (or audit)."""
 
     min_total_std: float = Field(0.01, ge=0.0)
     """Warn when the std over the batch of an RM's per-sample total is at most this many times its

@@ -43,8 +43,14 @@ def main() -> None:
     for n in names:
         if f"diag/{n}/error_share" in rows[0]:
             ax.plot(steps, [r[f"diag/{n}/error_share"] for r in rows], "o-", color=colors[n], label=n)
-    ax.axhspan(0.95, 1.0, color="red", alpha=0.08)
-    ax.axhspan(0.0, 0.05, color="red", alpha=0.08, label="warn zone (max_label_share 0.95)")
+    share = 0.9  # the default; the run's own value when its config.yaml says
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        share = (yaml.safe_load((run / "config.yaml").read_text()).get("diagnostics") or {}).get("max_label_share",
+                                                                                                share)
+    ax.axhspan(share, 1.0, color="red", alpha=0.08)
+    ax.axhspan(0.0, 1 - share, color="red", alpha=0.08, label=f"warn zone (max_label_share {share:g})")
     ax.set(title="share of segments labelled error", xlabel="PPO step", ylim=(-0.03, 1.03))
     ax.legend(fontsize=8)
 

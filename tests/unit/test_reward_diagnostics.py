@@ -188,6 +188,25 @@ def test_flat_length_and_pair_conditions():
     assert mon.active("a") == 1 and mon.active("b") == 1
 
 
+def test_defaults_flag_both_quick_demo_rms_at_step_3_and_not_the_oracle():
+    """Error shares measured in `fgrlhf train` runs on the demo's SFT policy: the --quick demo's learned
+    relevance (all error) and factuality (3.0%, 4.9%, 7.6% error) RMs, and the oracle's own RMs."""
+    mon = RewardMonitor(config=DiagnosticsConfig(), names=["relevance", "factuality"])
+    learned = [(1.0, 0.030), (1.0, 0.049), (1.0, 0.076), (1.0, 0.029)]
+    events = [e for step, (rel, fact) in enumerate(learned, 1)
+              for e in mon.update(step, {"diag/relevance/error_share": rel, "diag/factuality/error_share": fact,
+                                         "diag/relevance/total_std": 0.5, "diag/factuality/total_std": 0.8},
+                                  num_samples=64)]
+    assert [(e["step"], e["rm"], e["condition"]) for e in events] == [(3, "factuality", "label_share"),
+                                                                      (3, "relevance", "label_share")]
+    oracle = RewardMonitor(config=DiagnosticsConfig(), names=["relevance", "factuality"])
+    shares = [(0.27, 0.66), (0.25, 0.55), (0.33, 0.63), (0.32, 0.63), (0.31, 0.69), (0.24, 0.72)] * 2
+    assert not [e for step, (rel, fact) in enumerate(shares, 1)
+                for e in oracle.update(step, {"diag/relevance/error_share": rel, "diag/factuality/error_share": fact,
+                                              "diag/relevance/total_std": 1.7, "diag/factuality/total_std": 1.5},
+                                       num_samples=128)]
+
+
 def test_healthy_rm_stays_silent_over_a_long_run():
     mon = monitor(["healthy"])
     assert run_monitor(mon, steps=50, size=32) == []
