@@ -130,17 +130,23 @@ PRESET_RUNS: dict[str, tuple[list[str], list[int]]] = {
 class DemoPPOSettings(StrictModel):
     """PPO hyper-parameters shared by both methods (the comparison changes only the rewards)."""
 
-    lr: float = Field(2e-5, gt=0)
-    """Policy learning rate (paper A: 1e-5). At 1e-4 with β 0.05 both methods drifted far from
-    the SFT policy (KL 2-6 nats per answer) and lost oracle quality; see README "The demo"."""
+    lr: float = Field(1e-4, gt=0)
+    """Policy learning rate (paper A: 1e-5, for a pretrained 0.8B policy). For this 1.6M-parameter
+    policy 2e-5 barely moved it (KL to SFT ≤ 0.05 nats per answer, clip fraction 0.001 after 9
+    steps of 128 samples); with β 0.05 instead of 0.3, 1e-4 drifted far (KL 2-6) on blind RMs."""
 
     critic_lr: float = Field(1e-4, gt=0)
     kl_coef: float = Field(0.3, ge=0)
     """β of the per-token KL penalty (paper A's 0.3)."""
     temperature: float = Field(0.7, gt=0)
     top_k: int = Field(20, ge=-1)
-    ppo_epochs: int = Field(2, ge=1)
-    minibatch_size: int = Field(16, ge=1)
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each rollout batch (paper A: 4). One keeps 1,500 episodes per method inside the
+    CPU budget: the learn phase (policy and critic forward/backward) is most of a step."""
+    minibatch_size: int = Field(32, ge=1)
+    learner_cpus: int = Field(2, ge=1)
+    """Logical CPUs, and so torch threads, of the learner rank. The learn phase runs while the
+    engines and scorers wait, so on a 2-core box it may use both cores."""
     weights: dict[str, float] = Field(default_factory=lambda: {"relevance": 0.3, "factuality": 0.5,
                                                                "completeness": 0.3})
     """Fine-grained reward weights (paper A's QA setting); holistic uses weight 1."""
@@ -330,6 +336,16 @@ def build_rm_backbone(d: Path, *, kind: str, layers: int, seed: int) -> str:
     return str(d)
 
 
+# Explicit per-segment features of the segment RMs (`fgrlhf_ray.rewards.segment_features`):
+# on the policy's answers a cross-encoder's separator token alone stays near the all-error
+# baseline; claim-vs-evidence word n-grams (factuality) and the segment's link to the question
+# and to earlier segments (relevance) separate them (docs/policy_sample_rms.md has the numbers).
+SEGMENT_FEATURES = {
+    "relevance": ["position", "n_words", "question_word_overlap", "question_word_coverage", "question_link_share",
+                  "lexical_redundancy", "evidence_words"],
+    "factuality": ["position", "n_words", "lexical_redundancy", "evidence_words"],
+}
+
 RM_TASKS = {  # name → (task, density in PPO, RM kind in PPO)
     "relevance": ("relevance", "sub_sentence", "segment_classifier"),
     "factuality": ("factuality", "sentence", "segment_classifier"),
@@ -358,6 +374,8 @@ def stage_reward_models(d: Path, *, train_path: str, dev_path: str, budget: Demo
             lr=1e-4 if budget.rm_backbone == "minilm" else 1e-3,
             error_class_weight=2.0 if task == "factuality" else 1.0,
             use_ray_train=False, progress_bar=True, keep_checkpoints=1,
+            **({"segment_features": True, "segment_feature_names": SEGMENT_FEATURES[task], "dev_metric": "macro_f1"}
+               if task in SEGMENT_FEATURES else {}),
         ))
         summary = train_reward_model(cfg)
         out[name] = {"path": cfg.output_dir, "task": task, "best_dev_metric": summary["best_dev_metric"],
@@ -432,7 +450,8 @@ def ppo_run_config(arm: str, method: str, *, run_dir: Path, policy: str, rms: di
         "ppo": {"total_steps": budget.ppo_steps, "prompts_per_step": budget.prompts_per_step,
                 "minibatch_size": min(ppo.minibatch_size, batch), "ppo_epochs": ppo.ppo_epochs,
                 "kl_coef": ppo.kl_coef, "lr": ppo.lr, "critic_lr": ppo.critic_lr},
-        "learner": {"world_size": 1, "zero_stage": 0, "micro_batch_size": min(8, batch)},
+        "learner": {"world_size": 1, "zero_stage": 0, "micro_batch_size": min(16, batch),
+                    "num_cpus_per_rank": ppo.learner_cpus},
         "data": {"train_file": str(data_dir / "train.json"), "dev_file": str(data_dir / "dev.json")},
         "logging": {"dir": str(run_dir), "tensorboard": True, "eval_every": 0},
         "checkpoint": {"every": budget.eval_every, "keep_last": n_evals},
@@ -461,6 +480,12 @@ def stage_ppo(d: Path, *, run_config: dict) -> dict:
     steps = sorted(int(p.name.split("_")[1]) for p in ckpt_root.glob("step_*") if p.is_dir() and "." not in p.name)
     return {"checkpoints": {s: str(ckpt_root / f"step_{s:06d}" / "policy") for s in steps},
             "train_metrics": metrics}
+
+
+def run_warnings(run_dir: Path) -> list[dict]:
+    """The reward diagnostics' warning events of one PPO run (`<run>/warnings.jsonl`)."""
+    path = run_dir / "warnings.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def generate_greedy(policy_dir: str, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
@@ -616,6 +641,9 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
                                lambda d: stage_evaluate(d, data_dir=data_dir, sft_policy=sft["policy"], runs=runs,
                                                         budget=budget, num_threads=config.num_threads))
     stages.timings["total"] = time.perf_counter() - t0
+    evaluation["warnings"] = {arm: {m: {str(seed): run_warnings(stages.dir(f"ppo/{arm}/{m}/seed{seed}"))
+                                        for seed in by_seed} for m, by_seed in by_method.items()}
+                              for arm, by_method in runs.items()}
     return write_report(out, config=config, stages={"rm": rms, "rm_quality": rm_quality, "samples": samples},
                         evaluation=evaluation, timings=stages.timings)
 

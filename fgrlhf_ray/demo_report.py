@@ -198,6 +198,19 @@ def rm_quality_lines(rm_quality: dict) -> list[str]:
     return lines
 
 
+def warning_lines(by_method: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """The reward diagnostics' warnings of an arm's PPO runs (first occurrence of each message)."""
+    seen, out = set(), []
+    for method, by_seed in by_method.items():
+        for seed, events in by_seed.items():
+            for e in events:
+                if e.get("status") == "warning" and (method, e.get("rm"), e.get("condition")) not in seen:
+                    seen.add((method, e.get("rm"), e.get("condition")))
+                    out.append(f"- ⚠ reward diagnostics ({method.replace('_', '-')}, seed {seed}, step {e.get('step')}): "
+                               f"{e.get('message')}")
+    return out or ["- reward diagnostics: no warning in any PPO run of this arm"]
+
+
 def write_report(out: Path, *, header: list[str], analysis: dict, evaluation: dict, n_seeds: int,
                  rm_quality: dict | None, timings: dict) -> str:
     """Write report.md and curves.png; return the report text."""
@@ -211,6 +224,7 @@ def write_report(out: Path, *, header: list[str], analysis: dict, evaluation: di
                      f" (holistic itself at step {e['holistic_step']})")
         lines += [f"- ⚠ gaming: {g}" for g in a["gaming"]] or ["- no method's segment counts moved more than "
                                                             f"{GAMING_THRESHOLD:.0%} from SFT"]
+        lines += warning_lines(evaluation.get("warnings", {}).get(arm, {}))
     if rm_quality:
         lines += ["", "## Reward models on held-out policy answers (oracle-judged) and on perturbed gold answers", "",
                   *rm_quality_lines(rm_quality)]

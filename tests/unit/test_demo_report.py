@@ -89,3 +89,11 @@ def test_analyse_and_write_report_on_a_two_arm_evaluation(tmp_path):
                                                     "baselines": {"all_error": 0.4}}}, timings={"total": 1.0})
     assert "## Arm: oracle rewards" in text and "| relevance | macro_f1 | 0.800 | all_error 0.400 | 0.700 |" in text
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_warning_lines_list_each_condition_once():
+    event = {"step": 3, "rm": "relevance", "condition": "label_share", "status": "warning", "message": "relevance: blind"}
+    lines = R.warning_lines({"fine_grained": {"0": [event, {**event, "step": 4}], "1": [event]},
+                             "holistic": {"0": [{**event, "status": "cleared"}]}})
+    assert lines == ["- ⚠ reward diagnostics (fine-grained, seed 0, step 3): relevance: blind"]
+    assert "no warning" in R.warning_lines({"holistic": {"0": []}})[0]
