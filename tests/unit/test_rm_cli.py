@@ -85,6 +85,10 @@ def test_train_config_validation():
     assert not cfg.resolved_use_context()
     assert RewardModelTrainConfig.model_validate({**base, "task": "factuality"}).resolved_use_context()
     assert cfg.data.effective_dev_size() == 0.1
+    assert cfg.resolved_dev_metric() == "macro_f1"
+    fact = RewardModelTrainConfig.model_validate({**base, "task": "factuality"})
+    assert fact.resolved_dev_metric() == "error_f1"
+    assert RewardModelTrainConfig.model_validate({**base, "dev_metric": "error_f1"}).resolved_dev_metric() == "error_f1"
     gpu = RewardModelTrainConfig.model_validate({**base, "use_gpu": True, "num_workers": 4})
     assert gpu.resolved_strategy() == "deepspeed"
     for bad, msg in [
@@ -95,6 +99,9 @@ def test_train_config_validation():
         ({"task": "holistic", "segment_features": True}, "segment_features applies to relevance and factuality"),
         ({"changed_token_loss_weight": 1.0}, "changed_token_loss_weight applies to task token_level"),
         ({"head_lr": 0}, "head_lr"),
+        ({"segment_feature_names": ["position"]}, "need segment_features: true"),
+        ({"segment_features": True, "segment_feature_names": ["evidence", "nope"]}, "unknown segment feature 'nope'"),
+        ({"task": "holistic", "dev_metric": "macro_f1"}, "dev_metric applies to relevance and factuality"),
     ]:
         with pytest.raises(Exception, match=msg):
             RewardModelTrainConfig.model_validate({**base, **bad})

@@ -276,3 +276,57 @@ def test_token_level_changed_token_loss_is_added_when_weighted(bert):
     n_removed, n_written = len(f["original_changed"]), len(f["edited_changed"])
     assert both.item() > plain.item()
     assert stats["changed_added_fraction"] == pytest.approx(n_written / (n_removed + n_written))
+
+
+def test_word_only_evidence_features_need_no_encoder_and_read_the_passages(bert, tmp_path):
+    names = ["position", "evidence_words", "lexical_redundancy"]
+    rm = SegmentClassifierRM.from_backbone(bert, task="factuality", max_length=128, segment_features=True,
+                                           feature_names=names)
+    assert rm.feature_encoder is None  # no embedding feature: no frozen encoder copy
+    assert list(rm.feature_names) == rm.metadata.feature_names and len(rm.feature_names) == 13
+    assert rm.network.feature_head.in_features == 13
+    r = RESPONSES[0]
+    spans = split_sentences(r)
+    raw = rm.raw_segment_features([PROMPT], [r], [spans])[0]
+    col = rm.feature_names.index("evidence_word_share")
+    assert 0.0 < raw[0][col] < 1.0  # reads the passages after "context:" (use_context is off here)
+    bare = rm.raw_segment_features(["question: who led the british at princeton?"], [r], [spans])[0]
+    assert bare[0][col] == 0.0 and bare[0][rm.feature_names.index("has_evidence")] == 0.0
+    _perturb_head(rm)
+    rm.metadata.feature_norm = {"mean": [0.5] * 13, "std": [2.0] * 13}
+    with torch.no_grad():
+        rm.network.feature_head.weight.normal_(0.0, 3.0)
+    before = rm.score([PROMPT] * len(RESPONSES), RESPONSES)
+    rm.save(tmp_path / "rm")
+    assert not (tmp_path / "rm" / "feature_encoder").exists()
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.metadata.feature_names == rm.metadata.feature_names
+    assert _scores(loaded.score([PROMPT] * len(RESPONSES), RESPONSES)) == _scores(before)
+    with pytest.raises(ConfigError, match="unknown segment feature 'nope'"):
+        SegmentClassifierRM.from_backbone(bert, task="factuality", segment_features=True, feature_names=["nope"])
+    with pytest.raises(ConfigError, match="need segment_features=True"):
+        SegmentClassifierRM.from_backbone(bert, task="factuality", feature_names=["position"])
+
+
+def test_models_saved_before_feature_names_load_with_the_base_ten(bert, tmp_path):
+    rm = SegmentClassifierRM.from_backbone(bert, task="relevance", max_length=64, segment_features=True)
+    assert rm.metadata.feature_names == list(rm.feature_names) and len(rm.feature_names) == 10
+    rm.save(tmp_path / "rm")
+    meta = json.loads((tmp_path / "rm" / METADATA_FILE).read_text())
+    del meta["feature_names"]  # the metadata of an older model
+    (tmp_path / "rm" / METADATA_FILE).write_text(json.dumps(meta))
+    old = load_reward_model(tmp_path / "rm")
+    assert old.metadata.feature_names is None and len(old.feature_names) == 10
+    assert old.network.feature_head.in_features == 10 and old.feature_encoder is not None
+
+
+def test_a_separate_feature_encoder_is_saved_with_its_tokenizer(bert, tmp_path):
+    other = str(build_tiny_bert(tmp_path / "enc", seed=3))
+    rm = SegmentClassifierRM.from_backbone(bert, task="relevance", max_length=64, segment_features=True,
+                                           feature_names=["base"], feature_encoder=other)
+    rm.save(tmp_path / "rm")
+    assert (tmp_path / "rm" / "feature_encoder" / "tokenizer_config.json").is_file()
+    loaded = load_reward_model(tmp_path / "rm")
+    r = RESPONSES[0]
+    sp = split_sub_sentences(r)
+    assert loaded.raw_segment_features([PROMPT], [r], [sp]) == rm.raw_segment_features([PROMPT], [r], [sp])
