@@ -354,31 +354,40 @@ RM_TASKS = {  # name → (task, density in PPO, RM kind in PPO)
 }
 
 
+def rm_train_config(name: str, *, backbone: str, output_dir: Path, train_path: str, dev_path: str,
+                    budget: DemoBudget, seed: int):
+    """The `RewardModelTrainConfig` of one of the demo's four RMs (`RM_TASKS`)."""
+    from fgrlhf_ray.rewards.train_config import RewardModelTrainConfig
+
+    task = RM_TASKS[name][0]
+    return RewardModelTrainConfig.model_validate(dict(
+        task=task, name=name, backbone=backbone, output_dir=str(output_dir), seed=seed,
+        data={"train_path": train_path, "dev_path": dev_path, "max_train_examples": budget.rm_train_examples},
+        # Prompts are short here (three passages of 2-4 sentences): 320 tokens hold them.
+        max_length=320, epochs=100, max_steps=budget.rm_steps, batch_size=16,
+        lr=1e-4 if budget.rm_backbone == "minilm" else 1e-3,
+        error_class_weight=2.0 if task == "factuality" else 1.0,
+        use_ray_train=False, progress_bar=True, keep_checkpoints=1,
+        **({"segment_features": True, "segment_feature_names": SEGMENT_FEATURES[task], "dev_metric": "macro_f1"}
+           if task in SEGMENT_FEATURES else {}),
+    ))
+
+
 def stage_reward_models(d: Path, *, train_path: str, dev_path: str, budget: DemoBudget, seed: int,
-                        num_threads: int | None) -> dict:
+                        num_threads: int | None, names: Sequence[str] = tuple(RM_TASKS)) -> dict:
     import torch
 
-    from fgrlhf_ray.rewards.train_config import RewardModelTrainConfig
     from fgrlhf_ray.rewards.training import train_reward_model
 
     if num_threads:
         torch.set_num_threads(num_threads)
     backbone = build_rm_backbone(d / "backbone", kind=budget.rm_backbone, layers=budget.rm_layers, seed=seed)
     out: dict[str, dict] = {}
-    for name, (task, _, _) in RM_TASKS.items():
-        cfg = RewardModelTrainConfig.model_validate(dict(
-            task=task, name=name, backbone=backbone, output_dir=str(d / name), seed=seed,
-            data={"train_path": train_path, "dev_path": dev_path, "max_train_examples": budget.rm_train_examples},
-            # Prompts are short here (three passages of 2-4 sentences): 320 tokens hold them.
-            max_length=320, epochs=100, max_steps=budget.rm_steps, batch_size=16,
-            lr=1e-4 if budget.rm_backbone == "minilm" else 1e-3,
-            error_class_weight=2.0 if task == "factuality" else 1.0,
-            use_ray_train=False, progress_bar=True, keep_checkpoints=1,
-            **({"segment_features": True, "segment_feature_names": SEGMENT_FEATURES[task], "dev_metric": "macro_f1"}
-               if task in SEGMENT_FEATURES else {}),
-        ))
+    for name in names:
+        cfg = rm_train_config(name, backbone=backbone, output_dir=d / name, train_path=train_path,
+                              dev_path=dev_path, budget=budget, seed=seed)
         summary = train_reward_model(cfg)
-        out[name] = {"path": cfg.output_dir, "task": task, "best_dev_metric": summary["best_dev_metric"],
+        out[name] = {"path": cfg.output_dir, "task": cfg.task, "best_dev_metric": summary["best_dev_metric"],
                      "dev_metric_name": summary.get("dev_metric_name"), "seconds": summary.get("seconds")}
         print(f"[demo]   RM {name}: dev {out[name]['dev_metric_name'] or 'metric'} "
               f"{summary['best_dev_metric']:.3f}", flush=True)
