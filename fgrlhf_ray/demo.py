@@ -305,9 +305,13 @@ def rm_data_files(d: Path, *, rm_data: str, samples: dict, data_dir: Path) -> tu
         return policy["train"], policy["dev"]
     if rm_data == "perturbations":
         return str(data_dir / "train_feedback.json"), str(data_dir / "dev_feedback.json")
+    import random
+
     out = []
     for split in ("train", "dev"):
         rows = json.loads(Path(policy[split]).read_text()) + json.loads((data_dir / f"{split}_feedback.json").read_text())
+        # Shuffled: the RM trainer keeps the *first* `rm_train_examples`, which must not all be policy rows.
+        random.Random(f"mixed:{split}").shuffle(rows)
         path = d / f"mixed_{split}_feedback.json"
         path.write_text(json.dumps(rows, ensure_ascii=False))
         out.append(str(path))
