@@ -221,7 +221,9 @@ def write_report(out: Path, *, header: list[str], analysis: dict, evaluation: di
         e = a["sample_efficiency"]
         lines.append(f"- sample efficiency: fine-grained reached holistic's final quality ({e['target']:.3f}) at step "
                      f"{e['fine_grained_step'] if e['fine_grained_step'] is not None else 'never'} of {e['total_steps']}"
-                     f" (holistic itself at step {e['holistic_step']})")
+                     f" (holistic itself at step {e['holistic_step']})"
+                     + ("; holistic ended at or below SFT, so this says nothing about speed"
+                        if e["target"] <= a["summary"]["sft"][QUALITY][0] else ""))
         lines += [f"- ⚠ gaming: {g}" for g in a["gaming"]] or ["- no method's segment counts moved more than "
                                                             f"{GAMING_THRESHOLD:.0%} from SFT"]
         lines += warning_lines(evaluation.get("warnings", {}).get(arm, {}))
