@@ -123,12 +123,7 @@ def eval_rm_on_generations(args: argparse.Namespace, meta) -> int:
         raise ConfigError(f"{args.model}: cannot load the reward model ({exc})") from None
     res = {"task": meta.task, **evaluate_against_judge(rm, judge, prompts, responses, response_lengths=lengths),
            "split": "generations", "data": str(args.generations), "model": str(args.model), "judge": args.judge}
-    print(format_report(res))
-    out = Path(args.output) if args.output else Path(args.model) / f"eval_{Path(args.generations).stem}_judge.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2), encoding="utf-8")
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+    return _print_and_write(res, args.output or Path(args.model) / f"eval_{Path(args.generations).stem}_judge.json")
 
 
 def eval_rm(args: argparse.Namespace) -> int:
@@ -174,8 +169,13 @@ def eval_rm(args: argparse.Namespace) -> int:
                                                         "dev_metric_name", "use_ray_train", "strategy", "num_workers")}
         res["model_training"]["train_examples"] = (t.get("split") or {}).get("counts", {}).get("train")
         res["model_training"]["config"] = t.get("config")
+    return _print_and_write(res, args.output or Path(args.model) / f"eval_{Path(args.data).stem}_{args.split}.json")
+
+
+def _print_and_write(res: dict, out: str | Path) -> int:
+    """Print an eval-rm result and write it as JSON to `out` (the command's exit code: 0)."""
     print(format_report(res))
-    out = Path(args.output) if args.output else Path(args.model) / f"eval_{Path(args.data).stem}_{args.split}.json"
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2), encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)
