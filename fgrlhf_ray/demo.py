@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
