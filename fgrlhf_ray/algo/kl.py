@@ -1,4 +1,5 @@
-"""Per-token KL penalty between the policy and the frozen reference, and KL-coefficient controllers.
+"""Per-token KL between the policy and the frozen reference: as a reward penalty, as a loss term
+(`kl_loss`, for ``ppo.kl_in: loss``), and KL-coefficient controllers.
 
 All tensors are (B, T) over response tokens with ``mask`` 1 on real tokens (right
 padding). Actions a_t are sampled from the policy, so with
@@ -18,7 +19,9 @@ import math
 
 import torch
 
-__all__ = ["kl_penalty", "FixedKLController", "AdaptiveKLController", "KL_ESTIMATORS"]
+from fgrlhf_ray.algo.losses import aggregate
+
+__all__ = ["kl_penalty", "kl_loss", "FixedKLController", "AdaptiveKLController", "KL_ESTIMATORS"]
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 
@@ -66,6 +69,51 @@ def kl_penalty(
     else:
         kl = log_ratio.abs()
     return torch.where(m, kl, zero)
+
+
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    estimator: str = "k3",
+    aggregation: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """KL(π_θ ‖ π_ref) as a differentiable loss term, for ``ppo.kl_in: loss`` (GRPO's choice).
+
+    With log_ratio_t = log π_θ(a_t) − log π_ref(a_t) and the default k3 estimator
+    (Schulman 2020; DeepSeekMath eq. 4):
+
+        kl_t  = π_ref(a_t)/π_θ(a_t) − log(π_ref(a_t)/π_θ(a_t)) − 1  = e^{−log_ratio_t} − 1 + log_ratio_t
+        loss  = aggregate(kl, mask, aggregation)          total = policy loss + β · loss
+        ∂kl_t / ∂log π_θ(a_t) = 1 − π_ref(a_t)/π_θ(a_t)
+
+    k3 is ≥ 0 and unbiased for the KL when a_t ~ π_θ, and its gradient pulls each
+    sampled token's probability toward the reference's. Unlike the reward route (where
+    the KL of the rollout policy is a constant), it is differentiated, so ``logprobs``
+    must be the *current* policy's (carrying the gradient); ``ref_logprobs`` is
+    detached. Use the same ``aggregation`` as the policy loss. The log-ratio is clamped
+    to ±20 as in `kl_penalty` (no gradient beyond that).
+
+    Args:
+        logprobs: (B, T) log π_θ(a_t), with gradient.
+        ref_logprobs: (B, T) log π_ref(a_t) of the frozen reference.
+        mask: (B, T) 1 on real response tokens; junk at padding changes neither the loss
+            nor any gradient.
+        estimator: any of `KL_ESTIMATORS` ("k3" by default).
+        aggregation: "token_mean" | "seq_mean" (`losses.aggregate`).
+
+    Returns:
+        loss: scalar tensor; stats: ``kl_loss`` (its value), ``kl_loss_max`` (largest kl_t).
+    """
+    kl = kl_penalty(logprobs, ref_logprobs.detach(), mask, estimator=estimator)
+    loss = aggregate(kl, mask, aggregation)
+    with torch.no_grad():
+        stats = {
+            "kl_loss": float(loss.detach()),
+            "kl_loss_max": float(kl.detach().max()) if kl.numel() else 0.0,
+        }
+    return loss, stats
 
 
 class FixedKLController:
