@@ -1,5 +1,5 @@
 """The audit judge's actor: one `ScorerActor` built from `audit.judge` (the same scorer
-construction as every reward model), driven through the `fgrlhf_ray.audit.JudgeService`
+construction as every reward model), driven through the `fgrlhf_ray.control.audit.JudgeService`
 interface without ever blocking the PPO loop."""
 
 from __future__ import annotations

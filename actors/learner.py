@@ -3,7 +3,7 @@
 `LearnerGroup` starts M `LearnerActor`s that form ONE torch.distributed group:
 rank 0 picks a free port on its node, every actor gets MASTER_ADDR / MASTER_PORT /
 RANK / WORLD_SIZE / LOCAL_RANK in its environment, then all build their
-`fgrlhf_ray.learner.PPOLearner` at the same time (the rendezvous needs all of them).
+`fgrlhf_ray.workers.learner.PPOLearner` at the same time (the rendezvous needs all of them).
 Backend: gloo on CPU (`DS_ACCELERATOR=cpu` is put in each actor's runtime_env), NCCL
 on GPU (NOT exercised on the development machine: no GPU there).
 
@@ -29,7 +29,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from fgrlhf_ray.learner import ForwardBatch, as_forward_batch, free_port, mean_stats
+from fgrlhf_ray.workers.learner import ForwardBatch, as_forward_batch, free_port, mean_stats
 from fgrlhf_ray.types import Experience, RolloutBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -125,7 +125,7 @@ class LearnerActor:
             {"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(self.rank),
              "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(local_rank)}
         )
-        from fgrlhf_ray.learner import PPOLearner  # after the env: DeepSpeed reads it
+        from fgrlhf_ray.workers.learner import PPOLearner  # after the env: DeepSpeed reads it
 
         self.learner = PPOLearner(**learner_kwargs)
         return self.learner.info()
@@ -200,7 +200,7 @@ class LearnerActor:
         self.learner.load_checkpoint(directory)
 
     def health(self) -> dict:
-        from fgrlhf_ray.reliability import actor_health
+        from fgrlhf_ray.infra.reliability import actor_health
 
         return actor_health()
 

@@ -1,4 +1,4 @@
-"""Ray shell for the frozen reference policy (`fgrlhf_ray.reference.ReferencePolicy`)."""
+"""Ray shell for the frozen reference policy (`fgrlhf_ray.workers.reference.ReferencePolicy`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class ReferenceActor:
     """
 
     def __init__(self, *, num_threads: int | None = None, **policy_kwargs: Any) -> None:
-        from fgrlhf_ray.reference import ReferencePolicy
+        from fgrlhf_ray.workers.reference import ReferencePolicy
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -31,6 +31,6 @@ class ReferenceActor:
         return self.policy.logprobs(batch)
 
     def health(self) -> dict:
-        from fgrlhf_ray.reliability import actor_health
+        from fgrlhf_ray.infra.reliability import actor_health
 
         return actor_health()

@@ -1,6 +1,6 @@
 """Ray shells for rollouts: `RolloutActor` (one vLLM engine) and `RolloutGroup` (N of them).
 
-`RolloutActor` only hands off to `fgrlhf_ray.rollout.VLLMRolloutEngine`. `RolloutGroup`
+`RolloutActor` only hands off to `fgrlhf_ray.workers.rollout.VLLMRolloutEngine`. `RolloutGroup`
 is driver-side plain Python: it shards prompts over the engines, gathers the results,
 and fans weight updates out (object store: one `ray.put`, every engine loads the same
 ObjectRef in parallel; NCCL: see `fgrlhf_ray.weight_sync.NcclWeightBroadcaster`).
@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from fgrlhf_ray.rollout import VLLMRolloutEngine
+from fgrlhf_ray.workers.rollout import VLLMRolloutEngine
 from fgrlhf_ray.types import RolloutBatch
 from fgrlhf_ray.weight_sync import check_probe_gap, serialize_state_dict
 
@@ -34,7 +34,7 @@ class RolloutActor:
 
     def generate(self, prompts: list[str], expect_weights_version: int | None = None, **kwargs: Any) -> RolloutBatch:
         if expect_weights_version is not None and expect_weights_version != self.weights_version:
-            from fgrlhf_ray.reliability import EngineWeightsLost
+            from fgrlhf_ray.infra.reliability import EngineWeightsLost
 
             raise EngineWeightsLost(
                 f"engine holds weights version {self.weights_version}, the group expects {expect_weights_version}: "
@@ -78,7 +78,7 @@ class RolloutActor:
         return self.engine.stats()
 
     def health(self) -> dict:
-        from fgrlhf_ray.reliability import actor_health
+        from fgrlhf_ray.infra.reliability import actor_health
 
         return actor_health()
 
@@ -346,7 +346,7 @@ class RolloutGroup:
         same arguments), and after a timeout kills the engines first so Ray restarts
         them. A restarted engine holds the initial weights: re-sync before generating.
         """
-        from fgrlhf_ray.reliability import ensure_actor
+        from fgrlhf_ray.infra.reliability import ensure_actor
 
         done = []
         for i, actor in enumerate(self.actors):

@@ -8,11 +8,12 @@ import time
 
 import ray
 
-from fgrlhf_ray.reliability import actor_health, ensure_actor
+from fgrlhf_ray.infra.reliability import actor_health, ensure_actor
 
-from fgrlhf_ray.audit import judge_rollout
+from fgrlhf_ray.control.audit import judge_rollout
 from fgrlhf_ray.config import RewardModelConfig
-from fgrlhf_ray.scorers import build_scorer, credential_env_var, normalization_of, score_rollout
+from fgrlhf_ray.rewards.factory import build_scorer, credential_env_var, normalization_of
+from fgrlhf_ray.workers.scorer import score_rollout
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
 
 
@@ -29,11 +30,11 @@ class ScorerActor:
         return score_rollout(self.scorer, rollout, start=start, stop=stop)
 
     def judge(self, rollout: RolloutBatch, indices: list[int]) -> tuple[list[SegmentRewards], float]:
-        """Audit judge: verdicts on samples `indices` and the seconds they took (`fgrlhf_ray.audit`)."""
+        """Audit judge: verdicts on samples `indices` and the seconds they took (`fgrlhf_ray.control.audit`)."""
         return judge_rollout(self.scorer, rollout, indices)
 
     def health(self) -> dict:
-        """pid, resident memory, whether Ray restarted this actor (see `fgrlhf_ray.reliability`)."""
+        """pid, resident memory, whether Ray restarted this actor (see `fgrlhf_ray.infra.reliability`)."""
         return actor_health()
 
 

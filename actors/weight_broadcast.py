@@ -139,7 +139,7 @@ class BroadcastWeightSync:
     def _engine_fault(exc: BaseException, receives: list) -> BaseException:
         """The error to raise for a failed broadcast: an engine's own death if one died,
         `EngineWeightsLost` if an engine failed inside the collective, else `exc`."""
-        from fgrlhf_ray.reliability import EngineWeightsLost
+        from fgrlhf_ray.infra.reliability import EngineWeightsLost
 
         died = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
         failed = []

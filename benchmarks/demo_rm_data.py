@@ -4,7 +4,7 @@ questions (and on perturbed test answers) — issue 16's "perturbations as an op
 measured effect".
 
 Reuses a finished demo's data, SFT and samples stages (`--demo outputs/demo`), trains the chosen
-RMs once per data choice with the demo's settings (`fgrlhf_ray.demo.rm_train_config`) and writes
+RMs once per data choice with the demo's settings (`fgrlhf_ray.pipelines.demo.rm_train_config`) and writes
 benchmarks/results/demo_rm_data.json with the machine's load.
 
     .venv/bin/python benchmarks/demo_rm_data.py --demo outputs/demo --rms relevance factuality
@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from fgrlhf_ray import demo as D
+from fgrlhf_ray.pipelines import demo as D
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """PPO step breakdown and scaling, from real `fgrlhf train` runs.
 
 Builds the demo's pipeline at a small, fixed size with the demo's own stage functions
-(`fgrlhf_ray.demo`: synthetic data, the demo-shaped tiny policy after a short SFT, the
+(`fgrlhf_ray.pipelines.demo`: synthetic data, the demo-shaped tiny policy after a short SFT, the
 four MiniLM-based reward models after a few optimizer steps — step time depends on the
 architectures, not on how well they are trained), then runs `fgrlhf train` on the
 config `demo.ppo_run_config` writes (fine-grained: relevance + factuality +
@@ -45,7 +45,7 @@ PHASES = ["generate", "score", "reference", "values", "score_reference_values", 
 def prepare(work: Path, *, n_questions: int, sft_steps: int, rm_steps: int, seed: int,
             threads: int | None = None) -> tuple[Path, str, dict]:
     """Data, policy and RMs through the demo's stage functions (cached in `work`)."""
-    from fgrlhf_ray.demo import PRESETS, DemoBudget, Stages, stage_data, stage_reward_models, stage_sft
+    from fgrlhf_ray.pipelines.demo import PRESETS, DemoBudget, Stages, stage_data, stage_reward_models, stage_sft
 
     budget = DemoBudget(**{**PRESETS["default"].model_dump(), "n_questions": n_questions,
                            "sft_steps": sft_steps, "rm_steps": rm_steps, "rm_train_examples": 64})
@@ -64,7 +64,7 @@ def run_point(work: Path, *, method: str, prompts: int, samples: int, length: in
               data_dir: Path, policy: str, rms: dict, seed: int, timeout_s: float, reuse: bool = False) -> dict:
     import yaml
 
-    from fgrlhf_ray.demo import PRESETS, DemoBudget, DemoPPOSettings, ppo_run_config
+    from fgrlhf_ray.pipelines.demo import PRESETS, DemoBudget, DemoPPOSettings, ppo_run_config
 
     budget = DemoBudget(**{**PRESETS["default"].model_dump(), "ppo_steps": steps, "eval_every": steps,
                            "prompts_per_step": prompts, "samples_per_prompt": samples, "max_new_tokens": length})

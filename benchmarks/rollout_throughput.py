@@ -1,4 +1,4 @@
-"""Rollout throughput: vLLM engine (`fgrlhf_ray.rollout.VLLMRolloutEngine`) vs Hugging Face
+"""Rollout throughput: vLLM engine (`fgrlhf_ray.workers.rollout.VLLMRolloutEngine`) vs Hugging Face
 `generate` (batched, KV cache on) on the same random Llama-style policy, the same prompts
 and the same sampling (temperature 0.7, top-k 20, exactly L new tokens: vLLM
 `ignore_eos=True`, HF `min_new_tokens=L`).
@@ -104,7 +104,7 @@ def worker(spec: dict) -> dict:
         bind = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
     from vllm import SamplingParams
 
-    from fgrlhf_ray.rollout import VLLMRolloutEngine
+    from fgrlhf_ray.workers.rollout import VLLMRolloutEngine
 
     engine = VLLMRolloutEngine(model_path=spec["model"], dtype=setting["dtype"],
                                enforce_eager=setting["enforce_eager"], kv_cache_space_gib=setting["kv_gib"],

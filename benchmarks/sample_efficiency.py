@@ -1,7 +1,7 @@
 """Sample efficiency (paper A's central claim) on the synthetic fact-QA world: the oracle's
 error rate vs PPO steps and vs wall time, fine-grained vs holistic rewards, several seeds.
 
-Drives the demo pipeline (`fgrlhf_ray.demo.run_demo`; stages are cached, so data, SFT and
+Drives the demo pipeline (`fgrlhf_ray.pipelines.demo.run_demo`; stages are cached, so data, SFT and
 reward models are built once and shared by every seed and method) with `--seeds` PPO
 seeds, then reads each run's oracle curve (`results.json` → curves) and its per-step
 wall times (`ppo/<method>/seed<k>/stage.json` → `time/step`).
@@ -93,7 +93,7 @@ def plot(agg: dict[str, list[dict]], target: float, metric: str, path: Path) -> 
 def train(out: Path, args: argparse.Namespace) -> tuple[dict, dict, list[int], float]:
     """Run the demo pipeline with `args`' preset, budget and seeds into `out`.
     Returns (results.json content, budget, seeds, wall seconds)."""
-    from fgrlhf_ray.demo import PRESETS, DemoConfig, run_demo
+    from fgrlhf_ray.pipelines.demo import PRESETS, DemoConfig, run_demo
 
     if args.reuse:
         for stage in ("data", "sft", "rm"):
@@ -114,7 +114,7 @@ def train(out: Path, args: argparse.Namespace) -> tuple[dict, dict, list[int], f
 
 def from_demo(out: Path) -> tuple[dict, dict, list[int], str]:
     """A finished `fgrlhf demo --seeds ...` folder: (results, budget, seeds, preset); nothing runs."""
-    from fgrlhf_ray.demo import PRESETS
+    from fgrlhf_ray.pipelines.demo import PRESETS
 
     results = json.loads((out / "results.json").read_text())
     config = results["config"]

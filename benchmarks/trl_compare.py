@@ -46,8 +46,8 @@ LARGE = {"vocab_size": 2048, "hidden_size": 640, "num_layers": 8, "num_heads": 1
 
 
 def prepare(work: Path, *, policies: list[str], sft_steps: int, seed: int, n_questions: int) -> tuple[Path, dict]:
-    from fgrlhf_ray.demo import Stages, stage_data, stage_sft
-    from fgrlhf_ray.sft import SFTConfig, SFTEvalConfig, run_sft
+    from fgrlhf_ray.pipelines.demo import Stages, stage_data, stage_sft
+    from fgrlhf_ray.pipelines.sft import SFTConfig, SFTEvalConfig, run_sft
 
     stages = Stages(work, fresh=False)
     stages.run("data", {"n": n_questions, "seed": seed}, lambda d: stage_data(d, n=n_questions, seed=seed))
@@ -77,7 +77,7 @@ def run_ours(work: Path, *, method: str, policy: str, data_dir: Path, prompts: i
 
     import yaml
 
-    from fgrlhf_ray.demo import PRESETS, DemoBudget, DemoPPOSettings, ppo_run_config
+    from fgrlhf_ray.pipelines.demo import PRESETS, DemoBudget, DemoPPOSettings, ppo_run_config
 
     run_dir = work / "runs" / f"ours-{method}-{Path(policy).parent.name}-L{length}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -131,7 +131,7 @@ def trl_worker(spec: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from bench_rewards import trl_reward
-    from fgrlhf_ray.prompts import load_prompts
+    from fgrlhf_ray.data.prompts import load_prompts
 
     torch.set_num_threads(spec["threads"])
     prompts = load_prompts(spec["train_file"])
@@ -213,7 +213,7 @@ def eval_worker(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench_rewards import grounded_holistic
-    from fgrlhf_ray.prompts import load_prompts
+    from fgrlhf_ray.data.prompts import load_prompts
 
     torch.set_num_threads(1)
     prompts = load_prompts(spec["dev_file"])[: spec["n"]]

@@ -57,7 +57,7 @@ def worker(spec: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fgrlhf_ray.rollout import VLLMRolloutEngine
+    from fgrlhf_ray.workers.rollout import VLLMRolloutEngine
     from fgrlhf_ray.weight_sync import probe_gap, serialize_state_dict
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))

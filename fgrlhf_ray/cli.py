@@ -20,13 +20,13 @@ from fgrlhf_ray.errors import FgrlhfError
 # heavy dependency of one command (vLLM, Ray) is only imported when that command runs.
 COMMAND_MODULES: list[str] = [
     "fgrlhf_ray.data.cli",  # fgrlhf data synth
-    "fgrlhf_ray.sft",  # fgrlhf sft
+    "fgrlhf_ray.pipelines.sft",  # fgrlhf sft
     "fgrlhf_ray.rewards.cli",  # fgrlhf train-rm, eval-rm
     "fgrlhf_ray.serve.cli",  # fgrlhf serve
-    "fgrlhf_ray.trainer",  # fgrlhf train
-    "fgrlhf_ray.evaluation.runner",  # fgrlhf eval
-    "fgrlhf_ray.edits",  # fgrlhf make-edits
-    "fgrlhf_ray.demo",  # fgrlhf demo
+    "fgrlhf_ray.launch.trainer",  # fgrlhf train
+    "fgrlhf_ray.launch.evaluation",  # fgrlhf eval
+    "fgrlhf_ray.pipelines.edits",  # fgrlhf make-edits
+    "fgrlhf_ray.pipelines.demo",  # fgrlhf demo
 ]
 
 

@@ -170,3 +170,12 @@ def build_tiny_llama(
         )
     )
     return out
+
+
+def crashing_brevity(prompts: list[str], responses: list[str]) -> list[float]:
+    """`fgrlhf_ray.rewards.builtin.brevity`, but kills its process once (`fgrlhf_ray.infra.faults`)."""
+    from fgrlhf_ray.infra.faults import maybe_crash
+    from fgrlhf_ray.rewards.builtin import brevity
+
+    maybe_crash()
+    return brevity(prompts, responses)

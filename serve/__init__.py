@@ -7,7 +7,7 @@
   and the FastAPI `ScoreIngress` (`POST /v1/score`, `GET /v1/models`, `GET /healthz`).
 - `app`: `preflight`, `build_app`, `deploy`; `cli`: `fgrlhf serve`.
 - `handle_scorer`: `ServeHandleScorer`, scorer kind `serve` (in-cluster DeploymentHandle).
-  The HTTP client scorer (kind `http`) is `fgrlhf_ray.http_scorer.HttpScorer`.
+  The HTTP client scorer (kind `http`) is `fgrlhf_ray.rewards.http_scorer.HttpScorer`.
 - `testing`: deterministic / fault-injecting function scorers and tiny saved RMs.
 
 See docs/serve.md.

@@ -30,7 +30,7 @@ from pydantic.json_schema import models_json_schema
 from ray import serve
 
 from fgrlhf_ray import __version__
-from fgrlhf_ray.scorers import build_scorer, normalization_of
+from fgrlhf_ray.rewards.factory import build_scorer, normalization_of
 from fgrlhf_ray.serve.config import ServeConfig, ServedRewardModelConfig
 from fgrlhf_ray.serve.schema import (
     ErrorResponse,

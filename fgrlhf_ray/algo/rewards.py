@@ -410,7 +410,7 @@ def detox_sentence_rewards(cumulative_toxicity: Sequence[float], *, initial_toxi
         reward_j = −(P_j − P_{j−1})
 
     The sum over sentences telescopes to P_0 − P(y). Pair the values with the sentence
-    ends from `fgrlhf_ray.segments.split_sentences` to get ``(char_end, value)``s.
+    ends from `fgrlhf_ray.data.segments.split_sentences` to get ``(char_end, value)``s.
     """
     out = []
     prev = float(initial_toxicity)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fgrlhf_ray.errors import ConfigError, DataError
-from fgrlhf_ray.segments import split_sentences
+from fgrlhf_ray.data.segments import split_sentences
 
 FeedbackOn = Literal["all", "first"]
 
@@ -51,7 +51,7 @@ def load_annotator(spec: str) -> Annotator | None:
         from fgrlhf_ray.data.synthetic_oracle import Oracle
 
         return Oracle()
-    from fgrlhf_ray.rewards.function_scorer import import_target
+    from fgrlhf_ray.infra.targets import import_target
 
     annotator = import_target(spec)()
     for method in ("annotate", "preferences"):
@@ -135,7 +135,7 @@ def sample_policy(policy: str, prompts: Sequence[str], *, n: int, temperature: f
     Runs vLLM in this process: call it under ``if __name__ == "__main__":`` (the `fgrlhf`
     command does), since vLLM spawns its engine process.
     """
-    from fgrlhf_ray.rollout import VLLMRolloutEngine
+    from fgrlhf_ray.workers.rollout import VLLMRolloutEngine
 
     engine = VLLMRolloutEngine(model_path=policy, seed=seed, max_model_len=max_model_len)
     try:

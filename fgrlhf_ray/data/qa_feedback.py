@@ -391,7 +391,7 @@ def grounding(
     |words(sub) ∩ words(sent)| / |words(sub)| (first one on ties) when that is at least
     `min_containment`.
     """
-    from fgrlhf_ray.segments import split_sub_sentences
+    from fgrlhf_ray.data.segments import split_sub_sentences
 
     found = set()
     for a, b in split_sub_sentences(text, min_words=min_words):

@@ -149,7 +149,7 @@ def label_segments(
 
 def segment_splitter(density: SegmentDensity, *, min_words: int = 5) -> Callable[[str], list[tuple[int, int]]]:
     """The splitter a segment RM of this density uses (shared by data and scoring)."""
-    from fgrlhf_ray.segments import split_sentences, split_sub_sentences
+    from fgrlhf_ray.data.segments import split_sentences, split_sub_sentences
 
     if density == "sentence":
         return split_sentences

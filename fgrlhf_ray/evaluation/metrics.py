@@ -44,7 +44,7 @@ def _rouge_scorer():
 
 
 def _one_sentence_per_line(text: str) -> str:
-    from fgrlhf_ray.segments import split_sentences
+    from fgrlhf_ray.data.segments import split_sentences
 
     return "\n".join(text[a:b] for a, b in split_sentences(text))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from fgrlhf_ray.segments import split_sentences
+from fgrlhf_ray.data.segments import split_sentences
 
 _WORD = re.compile(r"\w+")
 

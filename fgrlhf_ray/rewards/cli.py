@@ -103,7 +103,7 @@ def eval_rm_on_generations(args: argparse.Namespace, meta) -> int:
     from fgrlhf_ray.config import RewardModelConfig
     from fgrlhf_ray.rewards.base import load_reward_model
     from fgrlhf_ray.rewards.evaluation import evaluate_against_judge
-    from fgrlhf_ray.scorers import build_scorer
+    from fgrlhf_ray.rewards.factory import build_scorer
 
     if not args.judge:
         raise ConfigError("eval-rm --generations needs --judge module:function (the scorer the RM is compared with)")

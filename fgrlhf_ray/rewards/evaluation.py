@@ -11,7 +11,7 @@
   tokens (inserted/replaced in edited should be > 0, deleted/replaced in original < 0).
 - On policy samples without gold labels (`evaluate_against_judge`): agreement with a judge
   scorer (segment accuracy / macro-F1, Spearman, sign agreement, see
-  `fgrlhf_ray.reward_diagnostics.agreement`) and the RM's reward-signal statistics there.
+  `fgrlhf_ray.rewards.diagnostics.agreement`) and the RM's reward-signal statistics there.
 """
 
 from __future__ import annotations
@@ -209,13 +209,13 @@ def evaluate_against_judge(rm, judge, prompts: Sequence[str], responses: Sequenc
     """A reward model on policy samples, judged by another scorer (no gold labels needed).
 
     Both `rm` and `judge` score the same (prompt, response) pairs. Returns the agreement
-    stats of `fgrlhf_ray.reward_diagnostics.agreement`, the RM's statistics on these samples
+    stats of `fgrlhf_ray.rewards.diagnostics.agreement`, the RM's statistics on these samples
     (`rm_batch_stats`: error share, per-sample total mean / std / spread, uniform share,
     correlation with length and segment count) under `policy/…`, and the judge's error share
     (segment judges) under `judge/…`. `response_lengths` (B,) is each response's length
     (policy tokens where known).
     """
-    from fgrlhf_ray.reward_diagnostics import agreement, rm_batch_stats
+    from fgrlhf_ray.rewards.diagnostics import agreement, rm_batch_stats
 
     rm_verdicts = rm.score(list(prompts), list(responses))
     judge_verdicts = judge.score(list(prompts), list(responses))

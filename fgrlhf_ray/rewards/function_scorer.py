@@ -14,34 +14,16 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fgrlhf_ray.errors import ConfigError
+from fgrlhf_ray.infra.targets import import_target
 from fgrlhf_ray.rewards.base import check_pair_lengths
 from fgrlhf_ray.types import Segment, SegmentRewards
 
 _DENSITIES = ("sub_sentence", "sentence", "sequence", "token")
-
-
-def import_target(target: str) -> Callable:
-    """Resolve ``"package.module:attr.sub"`` to the object it names (ConfigError if not)."""
-    if not isinstance(target, str) or target.count(":") != 1:
-        raise ConfigError(f"function target {target!r} must look like 'package.module:function'")
-    mod_name, attr = target.split(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ConfigError(f"function target {target!r}: cannot import module {mod_name!r} ({exc})") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"function target {target!r}: {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"function target {target!r} is not callable")
-    return obj
 
 
 def _finite(x: Any, where: str) -> float:
@@ -168,7 +150,7 @@ class DetoxScorer:
             ps = self._p(list(responses))
             return [SegmentRewards([Segment(0, len(r), 1.0 - p, None, p)], "sequence", self.name)
                     for r, p in zip(responses, ps)]
-        from fgrlhf_ray.segments import split_sentences
+        from fgrlhf_ray.data.segments import split_sentences
 
         spans = [split_sentences(r) for r in responses]
         # Every sentence-ending prefix of every response, scored in one call.

@@ -192,7 +192,7 @@ class InputBuilder:
         """Passage tokens fitting in `budget` (header included), selected as configured."""
         if not self.use_context or not context:
             return []
-        from fgrlhf_ray.segments import split_sentences
+        from fgrlhf_ray.data.segments import split_sentences
 
         spans = split_sentences(context) or [(0, len(context))]
         sents = [context[a:b] for a, b in spans]

@@ -449,9 +449,9 @@ def segment_feature_table(
 
 @functools.lru_cache(maxsize=256)
 def passage_sentences(context: str) -> tuple[str, ...]:
-    """The sentences of a prompt's passage text (`fgrlhf_ray.segments.split_sentences`),
+    """The sentences of a prompt's passage text (`fgrlhf_ray.data.segments.split_sentences`),
     cached: the same passages come with every response to a question."""
-    from fgrlhf_ray.segments import split_sentences
+    from fgrlhf_ray.data.segments import split_sentences
 
     return tuple(context[a:b] for a, b in split_sentences(context))
 

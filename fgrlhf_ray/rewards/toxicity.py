@@ -20,7 +20,7 @@ P(toxic | text) in [0, 1]. Two implementations:
   client-side (`requests_per_second`, the API's quota is per second), at most
   `max_concurrency` are in flight, and timeouts, connection errors, 429 and 5xx are
   retried with exponential backoff (honouring `Retry-After`), as in
-  `fgrlhf_ray.http_scorer`.
+  `fgrlhf_ray.rewards.http_scorer`.
 
 `build_toxicity_scorer(config)` turns a `kind: toxicity` reward-model config into a
 `DetoxScorer` (the existing detox reward maths): density `sequence` gives the
@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
-from fgrlhf_ray.http_retry import retry_delay
-from fgrlhf_ray.http_scorer import RETRY_STATUSES, split_target
+from fgrlhf_ray.infra.http import retry_delay
+from fgrlhf_ray.rewards.http_scorer import RETRY_STATUSES, split_target
 
 DEFAULT_KEY_ENV = "PERSPECTIVE_API_KEY"
 ANALYZE_PATH = "v1alpha1/comments:analyze"

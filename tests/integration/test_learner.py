@@ -28,8 +28,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from fgrlhf_ray.actors.learner import LearnerGroup  # noqa: E402
 from fgrlhf_ray.actors.reference import ReferenceActor  # noqa: E402
 from fgrlhf_ray.algo.experience import pad_rollout  # noqa: E402
-from fgrlhf_ray.critic import CriticModel, gather_values  # noqa: E402
-from fgrlhf_ray.learner import causal_lm_response_logprobs  # noqa: E402
+from fgrlhf_ray.workers.critic import CriticModel, gather_values  # noqa: E402
+from fgrlhf_ray.workers.learner import causal_lm_response_logprobs  # noqa: E402
 from fgrlhf_ray.types import Experience, RolloutBatch  # noqa: E402
 
 B = 8  # rollout batch

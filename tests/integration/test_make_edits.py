@@ -144,7 +144,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path, editor):
     first.send_signal(signal.SIGKILL)  # no chance to clean up
     first.communicate(timeout=60)
     assert first.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise n"
-    from fgrlhf_ray.edits import done_keys, rejected_path
+    from fgrlhf_ray.pipelines.edits import done_keys, rejected_path
 
     done_before = len(done_keys(out) | done_keys(rejected_path(out)))  # (drops a half-written last line)
     assert 10 <= done_before < n

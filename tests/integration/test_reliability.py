@@ -4,7 +4,7 @@
   runs `fgrlhf train` submitted as a Ray job (Jobs SDK, working_dir + env_vars runtime
   env), syncing weights by broadcast (gloo). Two faults: once step 1 is logged, the test SIGKILLs the vLLM engine actor's
   processes from outside (as an OOM killer would); during step 2 a scorer actor's process
-  dies (`os._exit` inside it, injected by `fgrlhf_ray.testing_faults`). The job must
+  dies (`os._exit` inside it, injected by `fgrlhf_ray.infra.faults`). The job must
   SUCCEED, its log must name each fault and restart (and a second broadcast group formed
   for the restarted engine), and the metrics it wrote must hold every step once.
 - The driver is SIGKILLed after step 2 of 4 (plus a corrupt and a half-written
@@ -64,7 +64,7 @@ def write_config(folder: Path, policy: Path, *, total_steps: int, run_dir: Path,
              "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_cpus": 0.5},
             # brevity, but its actor process exits once (FGRLHF_FAULT_DIR / FGRLHF_FAULT_AT_CALL)
             {"name": "brevity", "kind": "function", "density": "sequence", "weight": 0.3,
-             "target": "fgrlhf_ray.testing_faults:crashing_brevity", "num_cpus": 0.5},
+             "target": "fgrlhf_ray.testing:crashing_brevity", "num_cpus": 0.5},
         ],
         "ppo": {"total_steps": total_steps, "prompts_per_step": 2, "ppo_epochs": 1, "minibatch_size": 4,
                 "lr": 1e-4, "critic_lr": 1e-4},

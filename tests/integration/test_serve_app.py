@@ -24,10 +24,10 @@ import yaml
 
 from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards
 from fgrlhf_ray.errors import ConfigError
-from fgrlhf_ray.http_scorer import HttpScorer, HttpScorerError
+from fgrlhf_ray.rewards.http_scorer import HttpScorer, HttpScorerError
 from fgrlhf_ray.rewards import FunctionScorer, load_reward_model
 from fgrlhf_ray.serve import testing as faults
-from fgrlhf_ray.serve.handle_scorer import ServeHandleScorer
+from fgrlhf_ray.rewards.serve_handle_scorer import ServeHandleScorer
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ def test_sft_tiny_policy_learns_and_saves(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fgrlhf_ray.data.synthetic import write_synthetic_dataset
-    from fgrlhf_ray.policy import TinyPolicyConfig
-    from fgrlhf_ray.sft import SFTConfig, SFTEvalConfig, collate, encode_pairs, load_pairs, run_sft
+    from fgrlhf_ray.pipelines.tiny_policy import TinyPolicyConfig
+    from fgrlhf_ray.pipelines.sft import SFTConfig, SFTEvalConfig, collate, encode_pairs, load_pairs, run_sft
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, n=60, seed=1)

@@ -1,4 +1,4 @@
-"""`fgrlhf_ray.algo` and `fgrlhf_ray.segments` stay pure: no ray / vllm / deepspeed (DESIGN style 8)."""
+"""`fgrlhf_ray.algo` and `fgrlhf_ray.data.segments` stay pure: no ray / vllm / deepspeed (DESIGN style 8)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ HEAVY = ("ray", "vllm", "deepspeed")
 def test_algo_and_segments_import_no_heavy_frameworks():
     code = (
         "import sys\n"
-        "import fgrlhf_ray.algo, fgrlhf_ray.segments\n"
+        "import fgrlhf_ray.algo, fgrlhf_ray.data.segments\n"
         "from fgrlhf_ray.algo import rewards, kl, advantages, losses, experience\n"
-        "fgrlhf_ray.segments.split_sub_sentences('One two three four five, six seven eight nine ten.')\n"
+        "fgrlhf_ray.data.segments.split_sub_sentences('One two three four five, six seven eight nine ten.')\n"
         f"heavy = {HEAVY!r}\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
     )

@@ -20,7 +20,7 @@ from fgrlhf_ray.algo.rewards import (
     token_char_offsets,
     total_token_rewards,
 )
-from fgrlhf_ray.segments import split_sentences, split_sub_sentences
+from fgrlhf_ray.data.segments import split_sentences, split_sub_sentences
 from fgrlhf_ray.types import Segment, SegmentRewards
 
 CORPUS = [

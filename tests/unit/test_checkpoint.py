@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fgrlhf_ray import checkpoint
+from fgrlhf_ray.infra import checkpoint
 
 
 def save(root, step, keep_last=2):

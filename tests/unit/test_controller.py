@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fgrlhf_ray.config import RunConfig
-from fgrlhf_ray.controller import PPOController, ScorerSpec, WeightSyncError, assemble_experience
-from fgrlhf_ray.metrics import MetricsLogger, read_metrics
+from fgrlhf_ray.control.controller import PPOController, ScorerSpec, WeightSyncError, assemble_experience
+from fgrlhf_ray.infra.metrics import MetricsLogger, read_metrics
 from fgrlhf_ray.types import RolloutBatch, Segment, SegmentRewards
 
 # A character-level "tokenizer": token id = code point, so token t holds character t.

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
-from fgrlhf_ray.critic import CRITIC_META_FILE, VALUE_HEAD_FILE, CriticModel, gather_values
+from fgrlhf_ray.workers.critic import CRITIC_META_FILE, VALUE_HEAD_FILE, CriticModel, gather_values
 
 VOCAB = 64
 

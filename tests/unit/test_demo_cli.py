@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fgrlhf_ray.demo import PRESETS, DemoConfig, remove_demo_output
+from fgrlhf_ray.pipelines.demo import PRESETS, DemoConfig, remove_demo_output
 from fgrlhf_ray.errors import ConfigError
 
 
@@ -66,7 +66,7 @@ def test_bad_arm_exits_2_naming_the_field(tmp_path):
 
 
 def test_stage_reuse_resume_and_invalidation(tmp_path):
-    from fgrlhf_ray.demo import Stages
+    from fgrlhf_ray.pipelines.demo import Stages
 
     calls = []
 

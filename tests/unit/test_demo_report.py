@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fgrlhf_ray import demo_report as R
+from fgrlhf_ray.pipelines import demo_report as R
 
 
 def point(step, quality, rel=0.4, fact=0.7, sentences=2.0, subs=3.0):

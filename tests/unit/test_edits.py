@@ -16,7 +16,7 @@ import pytest
 
 from fgrlhf_ray.cli import main
 from fgrlhf_ray.data.rm_data import read_edit_jsonl
-from fgrlhf_ray.edits import (
+from fgrlhf_ray.pipelines.edits import (
     DEFAULT_TEMPLATE,
     EditorError,
     EditRowError,

@@ -330,7 +330,7 @@ def test_eval_flags_and_set_combine(tmp_path):
     import argparse
 
     from fgrlhf_ray.cli import build_parser
-    from fgrlhf_ray.evaluation.runner import config_from_args
+    from fgrlhf_ray.launch.evaluation import config_from_args
 
     rms = tmp_path / "rms.yaml"
     rms.write_text("preset: short\nreward_models:\n"
@@ -351,7 +351,7 @@ def test_user_errors_raised_in_actors_are_unwrapped():
     """A refused API key inside a scorer actor reaches the CLI as its own message, not Ray's traceback."""
     import ray.exceptions as rex
 
-    from fgrlhf_ray.evaluation.runner import user_error
+    from fgrlhf_ray.launch.evaluation import user_error
     from fgrlhf_ray.rewards.toxicity import ToxicityApiError
 
     cause = ToxicityApiError("toxicity API http://x → 403: API key not valid.")

@@ -13,8 +13,9 @@ import torch
 from test_controller import Calls, FakeLearner, FakeReference, FakeRollout, FakeSentenceScorer, FakeSequenceScorer
 from test_controller import build as build_controller
 
-from fgrlhf_ray import controller as controller_module
-from fgrlhf_ray.controller import ActorDied, PhaseFailed, RetryPolicy
+from fgrlhf_ray.control import controller as controller_module
+from fgrlhf_ray.control.services import PhaseFailed, RetryPolicy
+from fgrlhf_ray.infra.reliability import ActorDied
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +161,7 @@ def test_fakes_still_satisfy_the_plain_protocols():
 def test_first_ctrl_c_finishes_the_step_second_abandons_it(tmp_path):
     import signal
 
-    from fgrlhf_ray.trainer import Trainer
+    from fgrlhf_ray.launch.trainer import Trainer
 
     trainer = Trainer(build(tmp_path, Calls())[0].config)
     trainer._request_stop(signal.SIGTERM, None)
@@ -173,8 +174,8 @@ def test_first_ctrl_c_finishes_the_step_second_abandons_it(tmp_path):
 
 
 def test_run_failure_message_names_the_checkpoint_and_the_resume_command(tmp_path):
-    from fgrlhf_ray import checkpoint
-    from fgrlhf_ray.trainer import Trainer
+    from fgrlhf_ray.infra import checkpoint
+    from fgrlhf_ray.launch.trainer import Trainer
 
     config = build(tmp_path, Calls())[0].config
     config.logging.dir = str(tmp_path / "run")
@@ -188,7 +189,7 @@ def test_run_failure_message_names_the_checkpoint_and_the_resume_command(tmp_pat
 
 
 def test_step_hooks_add_to_the_logged_metrics(tmp_path):
-    from fgrlhf_ray.metrics import read_metrics
+    from fgrlhf_ray.infra.metrics import read_metrics
 
     controller, _ = build(tmp_path, Calls())
     controller.step_hooks.append(lambda step: {"memory/over_limit": float(step)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from fgrlhf_ray.http_retry import retry_delay
+from fgrlhf_ray.infra.http import retry_delay
 
 
 def response(headers: dict) -> httpx.Response:

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fgrlhf_ray.actors.learner import mean_stats, split_batch
 from fgrlhf_ray.algo.experience import pad_rollout
-from fgrlhf_ray.learner import as_forward_batch, causal_lm_response_logprobs, lora_scalings, merge_lora_state_dict
+from fgrlhf_ray.workers.learner import as_forward_batch, causal_lm_response_logprobs, lora_scalings, merge_lora_state_dict
 from fgrlhf_ray.types import Experience, RolloutBatch
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fgrlhf_ray import checkpoint
-from fgrlhf_ray.controller import ActorDied, ParticipantFailed
-from fgrlhf_ray.metrics import truncate_after
-from fgrlhf_ray.reliability import failure_kind, memory_over_limit
-from fgrlhf_ray.rng import capture_rng_state, restore_rng_state
+from fgrlhf_ray.infra import checkpoint
+from fgrlhf_ray.infra.reliability import ActorDied, ParticipantFailed
+from fgrlhf_ray.infra.metrics import truncate_after
+from fgrlhf_ray.infra.reliability import failure_kind, memory_over_limit
+from fgrlhf_ray.infra.rng import capture_rng_state, restore_rng_state
 
 
 def save(root, step):
@@ -109,6 +109,6 @@ def test_memory_over_limit():
 
 
 def test_an_engine_that_lost_its_weights_counts_as_died():
-    from fgrlhf_ray.reliability import EngineWeightsLost
+    from fgrlhf_ray.infra.reliability import EngineWeightsLost
 
     assert failure_kind(EngineWeightsLost("restarted since the last sync")) == "died"

@@ -16,12 +16,12 @@ import statistics
 import pytest
 import torch
 
-from fgrlhf_ray.audit import Auditor, sample_indices
+from fgrlhf_ray.control.audit import Auditor, sample_indices
 from fgrlhf_ray.config import AuditConfig, DiagnosticsConfig, RunConfig, load_config
-from fgrlhf_ray.controller import PPOController, ScorerSpec
+from fgrlhf_ray.control.controller import PPOController, ScorerSpec
 from fgrlhf_ray.errors import ConfigError
-from fgrlhf_ray.metrics import MetricsLogger, read_metrics
-from fgrlhf_ray.reward_diagnostics import (
+from fgrlhf_ray.infra.metrics import MetricsLogger, read_metrics
+from fgrlhf_ray.rewards.diagnostics import (
     RewardMonitor,
     agreement,
     batch_diagnostics,
@@ -128,7 +128,7 @@ def test_unlabelled_segments_use_the_sign_and_token_rms_get_uniform_share():
 
 
 def test_no_segments_no_error_share_and_the_judge_needs_a_cpu():
-    from fgrlhf_ray.trainer import required_cpus
+    from fgrlhf_ray.launch.placement import required_cpus
 
     empty = [SegmentRewards([], "sentence")] * 3
     assert "error_share" not in rm_batch_stats(empty, response_tokens=[0, 0, 0])  # not "100% no_error"

@@ -6,7 +6,7 @@ import pytest
 
 from fgrlhf_ray.errors import ConfigError
 from fgrlhf_ray.rewards import DetoxScorer, FunctionScorer, RewardModel
-from fgrlhf_ray.segments import split_sentences
+from fgrlhf_ray.data.segments import split_sentences
 from fgrlhf_ray.types import Segment, SegmentRewards
 
 

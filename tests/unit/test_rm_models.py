@@ -22,7 +22,7 @@ from fgrlhf_ray.rewards.base import METADATA_FILE
 from fgrlhf_ray.rewards.sequence_preference import pool_hidden
 from fgrlhf_ray.rewards.tiny import build_tiny_bert
 from fgrlhf_ray.data.rm_data import SegmentExample
-from fgrlhf_ray.segments import split_sentences, split_sub_sentences
+from fgrlhf_ray.data.segments import split_sentences, split_sub_sentences
 
 PROMPT = ("question: who led the british at princeton? context: wikipage: Princeton text: "
           "Cornwallis left 1,400 troops under Mawhood. Washington attacked the garrison.")

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from fgrlhf_ray.actors.rollout import contiguous_shards, merge_rollouts
-from fgrlhf_ray.rollout import resolve_cpu_bind
+from fgrlhf_ray.workers.rollout import resolve_cpu_bind
 from fgrlhf_ray.types import RolloutBatch
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fgrlhf_ray.segments import split_sentences, split_sub_sentences
+from fgrlhf_ray.data.segments import split_sentences, split_sub_sentences
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

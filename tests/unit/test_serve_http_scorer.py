@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fgrlhf_ray.errors import ConfigError
-from fgrlhf_ray.http_scorer import HttpScorer, HttpScorerError, split_target
+from fgrlhf_ray.rewards.http_scorer import HttpScorer, HttpScorerError, split_target
 
 
 class FakeServer:

@@ -8,7 +8,7 @@ import pytest
 
 from fgrlhf_ray.config import load_model_from_yaml
 from fgrlhf_ray.errors import ConfigError, DataError
-from fgrlhf_ray.sft import SFTConfig, collate, load_pairs, lr_at
+from fgrlhf_ray.pipelines.sft import SFTConfig, collate, load_pairs, lr_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_load_pairs_errors_name_the_row(tmp_path):
 def test_sft_loss_matches_plain_loop_and_hf_convention():
     import torch
 
-    from fgrlhf_ray.sft import sft_loss
+    from fgrlhf_ray.pipelines.sft import sft_loss
 
     torch.manual_seed(0)
     ids, mask, labels = collate([([5, 6, 7], [8, 2]), ([9], [10, 11, 2])], pad_id=0)

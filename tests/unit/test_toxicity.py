@@ -23,7 +23,7 @@ from fgrlhf_ray.rewards.toxicity import (
     hf_toxicity_classifier,
     toxic_label_index,
 )
-from fgrlhf_ray.scorers import build_scorer
+from fgrlhf_ray.rewards.factory import build_scorer
 
 
 def word_toxicity(text: str) -> float:
@@ -287,7 +287,7 @@ def test_credential_env_var_per_kind():
     """Scorer actor groups forward exactly this variable: the serve token for http scorers, the
     API key (never the serve token) for a toxicity API, nothing for local models."""
     from fgrlhf_ray.config import RewardModelConfig
-    from fgrlhf_ray.scorers import credential_env_var
+    from fgrlhf_ray.rewards.factory import credential_env_var
 
     http = RewardModelConfig(name="h", kind="http", target="http://127.0.0.1:1#m", density="sequence")
     assert credential_env_var(http) == "FGRLHF_SERVE_TOKEN"

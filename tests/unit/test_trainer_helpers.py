@@ -6,7 +6,8 @@ import pytest
 
 from fgrlhf_ray.config import RunConfig
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
-from fgrlhf_ray.trainer import Trainer, _incompatible, learner_kwargs, required_cpus
+from fgrlhf_ray.launch.placement import required_cpus
+from fgrlhf_ray.launch.trainer import Trainer, _incompatible, learner_kwargs
 
 RMS = [
     {"name": "grounded", "kind": "function", "density": "sentence",

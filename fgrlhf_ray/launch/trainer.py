@@ -14,192 +14,24 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgrlhf_ray import checkpoint
-from fgrlhf_ray.audit import Auditor
+from fgrlhf_ray.infra import checkpoint
+from fgrlhf_ray.control.audit import Auditor
 from fgrlhf_ray.config import RunConfig, dump_config, load_config
-from fgrlhf_ray.controller import ParticipantFailed, PPOController, PhaseFailed, ScorerSpec
+from fgrlhf_ray.control.controller import PPOController, ScorerSpec
+from fgrlhf_ray.control.services import PhaseFailed
 from fgrlhf_ray.errors import ConfigError, FgrlhfError, RunFailed
-from fgrlhf_ray.metrics import MetricsLogger, truncate_after
-from fgrlhf_ray.prompts import load_prompts
-from fgrlhf_ray.reliability import ensure_actor, failure_kind, memory_over_limit
-from fgrlhf_ray.reward_diagnostics import progress_summary
+from fgrlhf_ray.infra.metrics import MetricsLogger, truncate_after
+from fgrlhf_ray.launch.placement import ACTOR_ENV, init_ray, placement_groups
+from fgrlhf_ray.launch.runtime import RayRuntime
+from fgrlhf_ray.launch.services import LearnerService, ReferenceService, RolloutService, ScorerService
+from fgrlhf_ray.data.prompts import load_prompts
+from fgrlhf_ray.infra.reliability import memory_over_limit
+from fgrlhf_ray.rewards.diagnostics import progress_summary
 
 log = logging.getLogger(__name__)
-
-# vLLM-CPU / DeepSpeed-CPU need these in every actor process (runtime_env), and
-# `VLLM_ALLOW_INSECURE_SERIALIZATION` lets vLLM's collective_rpc carry our weight loader.
-ACTOR_ENV = {
-    "DS_ACCELERATOR": "cpu",
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
-    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-}
-
-
-class RayRuntime:
-    """Handles are ObjectRefs: `put` is `ray.put`; `resolve` waits for a whole phase.
-
-    `resolve` sweeps `ray.wait` until every ref of the phase is ready, recording when
-    each finished (so parallel participants get their own timing), then fetches all
-    values with a single `ray.get`. Plain values pass through as ready at 0 s. A
-    participant that failed (or is still pending at the timeout) raises
-    `ParticipantFailed` naming it, after the others have finished, so the controller
-    can relaunch only that one.
-    """
-
-    def __init__(self) -> None:
-        import ray
-
-        self.ray = ray
-
-    def put(self, value: Any) -> Any:
-        return self.ray.put(value)
-
-    def resolve(self, handles: dict[str, Any], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
-        ray = self.ray
-        start = time.perf_counter()
-        refs = {name: h for name, h in handles.items() if isinstance(h, ray.ObjectRef)}
-        ready_after = {name: 0.0 for name in handles if name not in refs}
-        pending = dict(refs)
-        by_ref = {ref: name for name, ref in refs.items()}
-        while pending:
-            remaining = timeout - (time.perf_counter() - start)
-            if remaining <= 0:
-                raise ParticipantFailed(
-                    sorted(pending), "timeout", TimeoutError(f"no result within {timeout:.0f} s"),
-                    f"phase did not finish within {timeout:.0f} s (ray.get_timeout_s / ray.phase_timeouts); "
-                    f"still waiting for: {', '.join(sorted(pending))}",
-                )
-            done, _ = ray.wait(list(pending.values()), num_returns=1, timeout=remaining)
-            for ref in done:
-                name = by_ref[ref]
-                ready_after[name] = time.perf_counter() - start
-                pending.pop(name)
-        fetch_timeout = max(timeout - (time.perf_counter() - start), 1.0)
-        try:
-            values = dict(zip(refs, ray.get(list(refs.values()), timeout=fetch_timeout)))
-        except ray.exceptions.RayError:
-            failed, first = [], None
-            for name, ref in refs.items():  # all are ready: find which ones failed
-                try:
-                    ray.get(ref, timeout=fetch_timeout)
-                except ray.exceptions.RayError as exc:
-                    failed.append(name)
-                    first = first or exc
-            if not failed:
-                raise
-            raise ParticipantFailed(failed, failure_kind(first) or "error", first) from first
-        values.update({name: h for name, h in handles.items() if name not in refs})
-        return values, ready_after
-
-    def failure_kind(self, exc: BaseException) -> str | None:
-        return failure_kind(exc)
-
-
-# ------------------------------------------------------------------ service adapters
-
-
-@dataclass
-class RolloutService:
-    group: Any  # fgrlhf_ray.actors.rollout.RolloutGroup
-    tokenizer: Any
-    max_prompt_tokens: int
-    generate_timeout_s: float | None = None  # None: the group's call timeout
-
-    def generate(self, prompts: list[str], *, n: int, sampling: dict, seed: int):
-        # Tokenize here so the prompt cut (max_prompt_tokens, keeping the start where
-        # the question sits) is the same for vLLM, the learner and the reference.
-        prompt_ids = [ids[: self.max_prompt_tokens] for ids in self.tokenizer(prompts)["input_ids"]]
-        return self.group.generate(
-            prompts, prompt_ids=prompt_ids, n=n, temperature=sampling["temperature"], top_k=sampling["top_k"],
-            top_p=sampling["top_p"], max_new_tokens=sampling["max_new_tokens"], seed=seed,
-            timeout_s=self.generate_timeout_s,
-        )
-
-    def recover(self, kind: str) -> str:
-        return self.group.recover(kind)
-
-    def sync_weights(self, weights):
-        return self.group.sync_weights(weights)
-
-    def probe_logprobs(self, prompt_ids, response_ids):
-        return self.group.probe(prompt_ids, response_ids)
-
-
-@dataclass
-class ScorerService:
-    group: Any  # fgrlhf_ray.actors.scorer.ScorerGroup
-
-    @property
-    def name(self) -> str:
-        return self.group.name
-
-    def score(self, rollout, num_samples: int):
-        return self.group.score(rollout, num_samples)
-
-    def recover(self, kind: str) -> str:
-        return self.group.recover(kind)
-
-
-@dataclass
-class LearnerService:
-    """The controller's learner interface over a `LearnerGroup`: every call returns an ObjectRef."""
-
-    group: Any  # fgrlhf_ray.actors.learner.LearnerGroup
-    sync_dtype: str | None = None  # dtype the weights travel in (the engines' dtype)
-
-    def logprobs_and_values(self, rollout):
-        return self.group.compute_logprobs_and_values_async(rollout)
-
-    def train(self, experience):
-        return self.group.train_async(experience)
-
-    def weights(self):
-        return self.group.serialized_weights_ref(self.sync_dtype)
-
-    def probe_logprobs(self, prompt_ids, response_ids):
-        return self.group.probe_logprobs_async(prompt_ids, response_ids)
-
-    def save_checkpoint(self, directory: str):
-        return self.group.save_checkpoint_async(directory)
-
-    def load_checkpoint(self, directory: str, *, timeout_s: float):
-        return self.group.load_checkpoint(directory, timeout_s=timeout_s)
-
-    def alive(self, timeout_s: float = 60.0) -> bool:
-        """Whether every learner rank still answers (after a fault whose culprit is unclear)."""
-        import ray
-
-        try:
-            ray.get([a.node_info.remote() for a in self.group.actors], timeout=timeout_s)
-            return True
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return False
-
-
-@dataclass
-class ReferenceService:
-    """The controller's reference interface over one `ReferenceActor`."""
-
-    actor: Any  # fgrlhf_ray.actors.reference.ReferenceActor handle
-    spawn: Any = None  # () -> a new ReferenceActor handle, to replace a dead-for-good one
-    recover_timeout_s: float = 900.0
-
-    def logprobs(self, rollout):
-        return self.actor.logprobs.remote(rollout)
-
-    def recover(self, kind: str) -> str:
-        import ray
-
-        if kind == "timeout":
-            ray.kill(self.actor, no_restart=False)
-        self.actor, what = ensure_actor(self.actor, self.spawn, timeout_s=self.recover_timeout_s)
-        return f"reference {what}"
-
 
 def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
     """`PPOLearner` keyword arguments from the run config (the same on every rank)."""
@@ -217,66 +49,6 @@ def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
         lora=learner.lora.model_dump() if learner.lora.enabled else None,
         seed=config.seed, pad_token_id=pad_token_id,
     )
-
-
-# ------------------------------------------------------------------ Ray setup
-
-
-def required_cpus(config: RunConfig) -> float:
-    """Logical CPUs the actor groups ask for (a local cluster is sized to fit them)."""
-    rollout = config.rollout.num_engines * config.rollout.num_cpus_per_engine
-    scorers = sum(rm.num_replicas * rm.num_cpus for rm in config.reward_models)
-    learner = config.learner.world_size * config.learner.num_cpus_per_rank
-    reference = 1.0
-    judge = config.audit.judge.num_cpus if config.audit.judge is not None else 0.0
-    return rollout + scorers + learner + reference + judge
-
-
-def init_ray(config: RunConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": dict(ACTOR_ENV)}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return
-    # Local cluster: logical CPUs sized to the actor groups so the run schedules on a
-    # small laptop too; the OS shares the real cores between them.
-    num_cpus = max(int(required_cpus(config) + 0.999), os.cpu_count() or 1)
-    # address="local": start our own cluster even if `ray start` left one on this machine
-    # (a bare ray.init() would join it, and then refuse num_cpus).
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-             log_to_driver=True)
-
-
-def _placement(config: RunConfig):
-    """Placement groups per config: one per group (separate) or one shared (colocate)."""
-    from ray.util.placement_group import placement_group
-
-    if config.ray.placement == "colocate":
-        width = max(config.rollout.num_engines, config.learner.world_size)
-        bundles = [{"CPU": config.rollout.num_cpus_per_engine + config.learner.num_cpus_per_rank,
-                    **({"GPU": config.learner.num_gpus_per_rank} if config.learner.num_gpus_per_rank else {})}
-                   for _ in range(width)]
-        pg = placement_group(bundles, strategy="PACK")
-        return pg, pg
-    rollout_pg = placement_group([{"CPU": config.rollout.num_cpus_per_engine,
-                                   **({"GPU": config.rollout.num_gpus_per_engine}
-                                      if config.rollout.num_gpus_per_engine else {}),
-                                   **config.ray.rollout_resources} for _ in range(config.rollout.num_engines)],
-                                 strategy="PACK")
-    learner_pg = placement_group([{"CPU": config.learner.num_cpus_per_rank,
-                                   **({"GPU": config.learner.num_gpus_per_rank}
-                                      if config.learner.num_gpus_per_rank else {}),
-                                   **config.ray.learner_resources} for _ in range(config.learner.world_size)],
-                                 strategy="PACK")
-    return rollout_pg, learner_pg
-
-
-def _scorer_scheduling(config: RunConfig) -> dict:
-    return {}
 
 
 # ------------------------------------------------------------------ the run
@@ -320,7 +92,7 @@ class Trainer:
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
         init_ray(config)
-        rollout_pg, learner_pg = _placement(config)
+        rollout_pg, learner_pg = placement_groups(config)
         ray.get([rollout_pg.ready(), learner_pg.ready()], timeout=config.ray.get_timeout_s)
         self.placement_groups = [rollout_pg] if rollout_pg is learner_pg else [rollout_pg, learner_pg]
 

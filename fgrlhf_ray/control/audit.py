@@ -6,7 +6,7 @@ and a seeded sample of its indices to a `JudgeService` (with Ray: one `AuditActo
 later one, it collects whatever the judge has finished, so a result may arrive a step late.
 One audit is in flight at a time: a step that comes while the judge is still busy is not
 audited (`audit/skipped`), so a slow judge never holds up training. The judge's verdicts
-only feed the `audit/<rm>/...` metrics (`fgrlhf_ray.reward_diagnostics.agreement`) and
+only feed the `audit/<rm>/...` metrics (`fgrlhf_ray.rewards.diagnostics.agreement`) and
 `<logging.dir>/audit.jsonl`; they never enter the reward.
 
 No Ray here: the service hides it (in-process fakes in the unit tests).
@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fgrlhf_ray.reward_diagnostics import agreement
+from fgrlhf_ray.rewards.diagnostics import agreement
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
 
 log = logging.getLogger(__name__)

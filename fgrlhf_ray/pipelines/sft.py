@@ -1,7 +1,7 @@
 """Supervised fine-tuning of the (tiny) policy on (prompt, answer) pairs, plain torch.
 
 `run_sft(config)` reads a QA-FEEDBACK-style prompts file (`text` = prompt, `answer[0]` =
-target), builds a fresh tiny policy (`fgrlhf_ray.policy`) or loads `init_from`, trains
+target), builds a fresh tiny policy (`fgrlhf_ray.pipelines.tiny_policy`) or loads `init_from`, trains
 with AdamW on the answer tokens (prompt tokens get `prompt_loss_weight`, 0 by default;
 padding is masked out; EOS is appended to every answer so that sampling stops), saves
 model + tokenizer, then
@@ -27,7 +27,7 @@ from pydantic import Field
 
 from fgrlhf_ray.config import StrictModel
 from fgrlhf_ray.errors import DataError
-from fgrlhf_ray.policy import TinyPolicyConfig
+from fgrlhf_ray.pipelines.tiny_policy import TinyPolicyConfig
 
 
 class SFTEvalConfig(StrictModel):
@@ -356,7 +356,7 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
     import torch
     from tqdm.auto import tqdm
 
-    from fgrlhf_ray.policy import build_tiny_policy, save_policy, train_tokenizer
+    from fgrlhf_ray.pipelines.tiny_policy import build_tiny_policy, save_policy, train_tokenizer
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -457,7 +457,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `fgrlhf sft --config FILE [--set key=value ...]`."""
     p = subparsers.add_parser("sft", help="supervised fine-tuning of the (tiny) policy",
                               description="Train the policy on (prompt, answer) pairs; see configs/sft_demo.yaml.")
-    p.add_argument("--config", required=True, help="SFT YAML config (fields: fgrlhf_ray.sft.SFTConfig)")
+    p.add_argument("--config", required=True, help="SFT YAML config (fields: fgrlhf_ray.pipelines.sft.SFTConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=100 (value parsed as YAML; repeatable)")
     p.set_defaults(handler=cmd_sft)

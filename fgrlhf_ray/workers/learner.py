@@ -7,7 +7,7 @@ and `LearnerGroup` runs M of them as Ray actors forming one torch.distributed gr
 What one rank holds:
 - policy: `AutoModelForCausalLM` (optionally wrapped with PEFT LoRA) in a DeepSpeed
   engine with ZeRO stage 0–3, optional optimizer offload to CPU, optional bf16;
-- critic: `fgrlhf_ray.critic.CriticModel` (a separate backbone + value head; a backbone
+- critic: `fgrlhf_ray.workers.critic.CriticModel` (a separate backbone + value head; a backbone
   shared with the policy is NOT implemented — see `CriticModel`) in a second engine.
 
 Batch sizes (all counts are samples):
@@ -39,7 +39,7 @@ one rank: train_step 0.40 s (ZeRO-0), 0.50 s (ZeRO-2), 1.1 s (ZeRO-3), 0.44 / 1.
 with offload. NCCL / GPU paths are not exercised there.
 
 The log-prob / value helpers at the top of this module import no deepspeed, so the
-reference policy (`fgrlhf_ray.reference`) reuses them.
+reference policy (`fgrlhf_ray.workers.reference`) reuses them.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import torch
 
 from fgrlhf_ray.algo.experience import gather_response_logprobs, pad_rollout, position_ids_from_attention_mask
 from fgrlhf_ray.algo.losses import ppo_policy_loss, ppo_value_loss
-from fgrlhf_ray.critic import CriticModel, gather_values
+from fgrlhf_ray.workers.critic import CriticModel, gather_values
 from fgrlhf_ray.types import Experience, RolloutBatch
 
 POLICY_DIR = "policy"
@@ -696,7 +696,7 @@ class PPOLearner:
                             "zero_stage": self.zero_stage, "lora": self.lora}, indent=2)
             )
         del policy_sd, critic_sd
-        from fgrlhf_ray.rng import capture_rng_state
+        from fgrlhf_ray.infra.rng import capture_rng_state
 
         # Each rank's RNG states travel in its own DeepSpeed client state (dropout etc.).
         client = {"train_steps": self.train_steps, "rng": capture_rng_state()}
@@ -750,7 +750,7 @@ class PPOLearner:
                 )
         self.train_steps = int(client.get("train_steps", meta["train_steps"]))
         if client.get("rng"):  # checkpoints written before RNG states were saved have none
-            from fgrlhf_ray.rng import restore_rng_state
+            from fgrlhf_ray.infra.rng import restore_rng_state
 
             restore_rng_state(client["rng"])
         for engine in (self.policy_engine, self.critic_engine):

@@ -1,6 +1,7 @@
-"""Test-only fault injection: function scorers that crash their own actor process.
+"""Test-only fault injection: crash the calling actor process, once.
 
-Used as `kind: function` targets in the reliability tests (a real scorer actor dies;
+`maybe_crash()` backs the crashing function scorers of `fgrlhf_ray.testing`, used as
+`kind: function` targets in the reliability tests (a real scorer actor dies;
 the recovery under test is the trainer's real one). Controlled by environment
 variables, which reach actor processes through the cluster or the job's runtime_env:
 
@@ -9,7 +10,7 @@ variables, which reach actor processes through the cluster or the job's runtime_
   and the time, so a restarted actor (or another replica) does not crash again.
 - `FGRLHF_FAULT_AT_CALL`: crash on this call (1-based) of the function in a process.
 
-Without `FGRLHF_FAULT_DIR` the functions behave exactly like their builtin twins.
+Without `FGRLHF_FAULT_DIR` nothing happens.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import json
 import os
 import time
 
-from fgrlhf_ray.rewards.builtin import brevity
-
 _calls = 0
 
 
-def _maybe_crash() -> None:
+def maybe_crash() -> None:
+    """Kill this process on the configured call, once per `FGRLHF_FAULT_DIR` (module docstring)."""
     global _calls
     _calls += 1
     folder = os.environ.get("FGRLHF_FAULT_DIR")
@@ -38,9 +38,3 @@ def _maybe_crash() -> None:
         f.flush()
         os.fsync(f.fileno())
     os._exit(1)  # the actor process dies mid-task, as on a segfault or an OOM kill
-
-
-def crashing_brevity(prompts: list[str], responses: list[str]) -> list[float]:
-    """`fgrlhf_ray.rewards.builtin.brevity`, but kills its process once (see module docstring)."""
-    _maybe_crash()
-    return brevity(prompts, responses)

@@ -56,7 +56,7 @@ def _init_ray(config: EvalConfig) -> bool:
     """Start or join Ray; True when this call started (and so owns) the cluster connection."""
     import ray
 
-    from fgrlhf_ray.trainer import ACTOR_ENV
+    from fgrlhf_ray.launch.placement import ACTOR_ENV
 
     if ray.is_initialized():
         return False
@@ -133,7 +133,8 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
     from fgrlhf_ray.actors.rollout import RolloutGroup, merge_rollouts
     from fgrlhf_ray.actors.scorer import ScorerGroup
     from fgrlhf_ray.evaluation.perplexity import reference_lm_nll
-    from fgrlhf_ray.trainer import ACTOR_ENV, RolloutService
+    from fgrlhf_ray.launch.placement import ACTOR_ENV
+    from fgrlhf_ray.launch.services import RolloutService
 
     t_start = time.perf_counter()
     config.check_paths()

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
-from fgrlhf_ray.http_retry import retry_delay
+from fgrlhf_ray.infra.http import retry_delay
 from fgrlhf_ray.types import Segment, SegmentRewards
 
 DEFAULT_TOKEN_ENV = "FGRLHF_SERVE_TOKEN"

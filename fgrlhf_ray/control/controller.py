@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -42,138 +42,19 @@ from fgrlhf_ray.algo.experience import pad_rollout
 from fgrlhf_ray.algo.kl import AdaptiveKLController, FixedKLController
 from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards, token_char_offsets, total_token_rewards
 from fgrlhf_ray.config import RunConfig
-from fgrlhf_ray.metrics import MetricsLogger
-from fgrlhf_ray.prompts import PromptSampler
-from fgrlhf_ray.reward_diagnostics import RewardMonitor, batch_diagnostics
-from fgrlhf_ray.rng import capture_rng_state, restore_rng_state
-from fgrlhf_ray.segments import answer_shape
+from fgrlhf_ray.control.services import (
+    LEARNER_PARTICIPANTS, ROLLOUT_PARTICIPANTS, Handle, InProcessRuntime, LearnerService, PhaseFailed,
+    ReferenceService, RetryPolicy, RolloutService, Runtime, ScorerService,
+)
+from fgrlhf_ray.infra.reliability import ParticipantFailed
+from fgrlhf_ray.infra.metrics import MetricsLogger
+from fgrlhf_ray.data.prompts import PromptSampler
+from fgrlhf_ray.rewards.diagnostics import RewardMonitor, batch_diagnostics
+from fgrlhf_ray.infra.rng import capture_rng_state, restore_rng_state
+from fgrlhf_ray.data.segments import answer_shape
 from fgrlhf_ray.types import Experience, RolloutBatch, SegmentRewards
 
 log = logging.getLogger(__name__)
-
-Handle = Any  # an ObjectRef under Ray, the value itself in-process
-
-
-class Runtime(Protocol):
-    def put(self, value: Any) -> Handle: ...
-
-    def resolve(self, handles: dict[str, Handle], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
-        """Values for every handle, and seconds until each was ready (measured from the call).
-
-        Raises `ParticipantFailed` naming the handles that failed (or are still pending
-        at the timeout)."""
-        ...
-
-    def failure_kind(self, exc: BaseException) -> str | None:
-        """"died" (an actor process died), "timeout", or None (not an infrastructure fault: a bug)."""
-        ...
-
-
-class ActorDied(RuntimeError):
-    """An actor process died (in-process fakes raise it to simulate a crash)."""
-
-
-class ParticipantFailed(RuntimeError):
-    """Some participants of a phase failed: `names` (handle names), `kind` ("died",
-    "timeout" or "error"), `cause` (the first underlying exception)."""
-
-    def __init__(self, names: Sequence[str], kind: str, cause: BaseException | None, message: str = "") -> None:
-        self.names, self.kind, self.cause = list(names), kind, cause
-        super().__init__(message or f"{', '.join(self.names)}: {kind}: {type(cause).__name__}: {cause}")
-
-
-class PhaseFailed(RuntimeError):
-    """A step had to be abandoned: a learner rank failed, or retries were exhausted.
-
-    `participant` names what failed, `learner` says whether it was the learner (whose
-    state only a checkpoint can restore)."""
-
-    def __init__(self, message: str, *, participant: str, learner: bool) -> None:
-        super().__init__(message)
-        self.participant, self.learner = participant, learner
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff: before retry k (0-based) wait
-    `min(backoff_s · 2^k, max_backoff_s)` seconds; give up after `retries` retries."""
-
-    retries: int = 2
-    backoff_s: float = 1.0
-    max_backoff_s: float = 60.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.backoff_s * (2.0 ** attempt), self.max_backoff_s)
-
-    def should_retry(self, attempt: int) -> bool:
-        """Whether a failure of attempt `attempt` (0 = the first try) is retried."""
-        return attempt < self.retries
-
-
-# Handle names that belong to the learner (not restartable mid-run) and to the engines.
-LEARNER_PARTICIPANTS = frozenset({"values", "learn", "learner"})
-ROLLOUT_PARTICIPANTS = frozenset({"generate", "sync", "engine"})
-
-
-class RolloutService(Protocol):
-    def generate(self, prompts: list[str], *, n: int, sampling: dict, seed: int) -> RolloutBatch: ...
-
-    def sync_weights(self, weights: Handle) -> Handle: ...
-
-    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> Handle:
-        """-> list[list[float]]: each engine's logprobs of `response_ids` after `prompt_ids`."""
-        ...
-
-
-class ScorerService(Protocol):
-    name: str
-
-    def score(self, rollout: Handle, num_samples: int) -> Handle:  # -> list[SegmentRewards], one per sample
-        ...
-
-
-class ReferenceService(Protocol):
-    def logprobs(self, rollout: Handle) -> Handle:  # -> (B, T) tensor
-        ...
-
-
-class LearnerService(Protocol):
-    def logprobs_and_values(self, rollout: Handle) -> Handle:  # -> ((B, T), (B, T))
-        ...
-
-    def train(self, experience: Handle) -> Handle:  # -> stats dict
-        ...
-
-    def weights(self) -> Handle:  # -> whatever RolloutService.sync_weights accepts
-        ...
-
-    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> Handle: ...
-
-    def save_checkpoint(self, directory: str) -> Handle: ...
-
-
-class InProcessRuntime:
-    """Handles are plain values: for unit tests with in-process fakes."""
-
-    def put(self, value: Any) -> Any:
-        return value
-
-    def resolve(self, handles: dict[str, Any], *, timeout: float) -> tuple[dict[str, Any], dict[str, float]]:
-        failed = [name for name, h in handles.items() if isinstance(h, BaseException)]
-        if failed:  # fakes return an exception instance as the "handle" of a failed call
-            cause = handles[failed[0]]
-            raise ParticipantFailed(failed, self.failure_kind(cause) or "error", cause)
-        return dict(handles), {name: 0.0 for name in handles}
-
-    def failure_kind(self, exc: BaseException) -> str | None:
-        if isinstance(exc, ParticipantFailed):
-            return exc.kind if exc.kind != "error" else None
-        if isinstance(exc, ActorDied):
-            return "died"
-        if isinstance(exc, TimeoutError):
-            return "timeout"
-        return None
-
 
 class WeightSyncError(RuntimeError):
     """vLLM's logprobs after a weight sync disagree with the learner's."""
@@ -220,7 +101,7 @@ class PPOController:
     push_weights: Callable[[], Handle] | None = None
     # Warnings about blind / gamed reward models; None: built from config.diagnostics (if enabled).
     monitor: RewardMonitor | None = None
-    auditor: Any = None  # fgrlhf_ray.audit.Auditor: the audit judge (config.audit), or None
+    auditor: Any = None  # fgrlhf_ray.control.audit.Auditor: the audit judge (config.audit), or None
     step: int = 0
 
     def __post_init__(self) -> None:
@@ -369,7 +250,7 @@ class PPOController:
 
     def diagnose(self, rollout: RolloutBatch, verdicts: dict[str, list[SegmentRewards]]) -> dict[str, float]:
         """Each RM's reward-signal statistics (`diag/...`); warnings about blind or gamed RMs are
-        logged and appended to `<logging.dir>/warnings.jsonl` (see `fgrlhf_ray.reward_diagnostics`)."""
+        logged and appended to `<logging.dir>/warnings.jsonl` (see `fgrlhf_ray.rewards.diagnostics`)."""
         if self.monitor is None:
             return {}
         stats = batch_diagnostics({s.name: verdicts[s.name] for s in self.scorer_specs},

@@ -56,9 +56,9 @@ from typing import Any
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, DataError, FgrlhfError
-from fgrlhf_ray.http_retry import retry_delay
+from fgrlhf_ray.infra.http import retry_delay
 
-DEFAULT_TEMPLATE = Path(__file__).with_name("templates") / "minimal_edit.txt"
+DEFAULT_TEMPLATE = Path(__file__).parents[1] / "templates" / "minimal_edit.txt"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ROW_FAILURE_STATUSES = frozenset({400, 413, 422})
 _WORD = re.compile(r"\w+|[^\w\s]")

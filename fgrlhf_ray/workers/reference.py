@@ -3,7 +3,7 @@
 `ReferencePolicy` is a plain HF causal LM in eval mode without gradients (no DeepSpeed:
 it never trains). It computes log π_ref(a_t) for every response token with exactly the
 same padding, positions and logit alignment as the learner
-(`fgrlhf_ray.learner.causal_lm_response_logprobs`), so that log π − log π_ref is 0 for
+(`fgrlhf_ray.workers.learner.causal_lm_response_logprobs`), so that log π − log π_ref is 0 for
 an untrained policy. Ray wrapping: `fgrlhf_ray.actors.reference.ReferenceActor`.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fgrlhf_ray.learner import as_forward_batch, causal_lm_response_logprobs, default_pad_token_id, micro_slices
+from fgrlhf_ray.workers.learner import as_forward_batch, causal_lm_response_logprobs, default_pad_token_id, micro_slices
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from fgrlhf_ray.types import RolloutBatch
 
-WORKER_EXTENSION = "fgrlhf_ray.weight_sync.FgrlhfWorkerExtension"
+WORKER_EXTENSION = "fgrlhf_ray.weight_sync.vllm_extension.FgrlhfWorkerExtension"
 
 
 class VLLMRolloutEngine:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field
 
 from fgrlhf_ray.config import StrictModel
-from fgrlhf_ray.demo_report import FACTUALITY_ERRORS, METHODS, RELEVANCE_ERRORS
+from fgrlhf_ray.pipelines.demo_report import FACTUALITY_ERRORS, METHODS, RELEVANCE_ERRORS
 from fgrlhf_ray.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def stage_data(d: Path, *, n: int, seed: int) -> dict:
 
 
 def stage_sft(d: Path, *, data_dir: Path, steps: int, seed: int, num_threads: int | None) -> dict:
-    from fgrlhf_ray.sft import SFTConfig, SFTEvalConfig, run_sft
+    from fgrlhf_ray.pipelines.sft import SFTConfig, SFTEvalConfig, run_sft
 
     # The tiny policy of configs/sft_demo.yaml: head_dim 64 (vLLM-CPU rejects smaller
     # heads), untied embeddings, prompt tokens learnt at weight 0.3 so that it copies names.
@@ -473,9 +473,9 @@ def ppo_run_config(arm: str, method: str, *, run_dir: Path, policy: str, rms: di
 def stage_ppo(d: Path, *, run_config: dict) -> dict:
     import yaml
 
-    from fgrlhf_ray.checkpoint import latest_checkpoint
+    from fgrlhf_ray.infra.checkpoint import latest_checkpoint
     from fgrlhf_ray.config import RunConfig
-    from fgrlhf_ray.trainer import Trainer
+    from fgrlhf_ray.launch.trainer import Trainer
 
     (d / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
     config = RunConfig.model_validate(run_config)
@@ -503,7 +503,7 @@ def run_warnings(run_dir: Path) -> list[dict]:
 def generate_greedy(policy_dir: str, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fgrlhf_ray.sft import generate_responses
+    from fgrlhf_ray.pipelines.sft import generate_responses
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     model = AutoModelForCausalLM.from_pretrained(policy_dir)
@@ -515,7 +515,7 @@ def oracle_scores(records: Sequence[dict], responses: Sequence[str], baseline: S
     """(`oracle_metrics` + grouped error rates + oracle win rate vs `baseline` (ties ½) + answer
     shape, per-question quality Q / max Q) of `responses[i]` answering `records[i]`."""
     from fgrlhf_ray.data.synthetic import Oracle, oracle_metrics
-    from fgrlhf_ray.segments import answer_shape
+    from fgrlhf_ray.data.segments import answer_shape
 
     oracle = Oracle()
     m = oracle_metrics(records, list(responses), oracle)
@@ -572,7 +572,7 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
 
 def write_report(out: Path, *, config: DemoConfig, stages: dict, evaluation: dict, timings: dict) -> dict:
     """report.md, results.json and curves.png from the evaluation (statistics in `demo_report`)."""
-    from fgrlhf_ray import demo_report as R
+    from fgrlhf_ray.pipelines import demo_report as R
 
     arms, seeds = config.runs()
     analysis = R.analyse(evaluation)

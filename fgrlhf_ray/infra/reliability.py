@@ -17,8 +17,21 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+
+class ActorDied(RuntimeError):
+    """An actor process died (in-process fakes raise it to simulate a crash)."""
+
+
+class ParticipantFailed(RuntimeError):
+    """Some participants of a phase failed: `names` (handle names), `kind` ("died",
+    "timeout" or "error"), `cause` (the first underlying exception)."""
+
+    def __init__(self, names: Sequence[str], kind: str, cause: BaseException | None, message: str = "") -> None:
+        self.names, self.kind, self.cause = list(names), kind, cause
+        super().__init__(message or f"{', '.join(self.names)}: {kind}: {type(cause).__name__}: {cause}")
 
 
 class EngineWeightsLost(RuntimeError):
@@ -31,8 +44,6 @@ def failure_kind(exc: BaseException) -> str | None:
     A task that failed because an argument came from a dead actor (Ray re-raises the
     dependency's error, possibly wrapped in a `RayTaskError`) counts as "died" too.
     """
-    from fgrlhf_ray.controller import ActorDied, ParticipantFailed
-
     if isinstance(exc, ParticipantFailed):
         return exc.kind if exc.kind in ("died", "timeout") else None
     if isinstance(exc, (ActorDied, EngineWeightsLost)) or isinstance(getattr(exc, "cause", None), EngineWeightsLost):

@@ -1,0 +1,1 @@
+"""The PPO step and what drives it: `PPOController` (one step: generate, score, assemble, learn, sync), the service contract it talks to, and the audit judge's driver side. No Ray here: services hide it."""

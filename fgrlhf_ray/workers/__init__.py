@@ -1,0 +1,1 @@
+"""What runs inside the Ray actors, free of Ray: the DeepSpeed PPO learner (policy + critic), the reference model, the vLLM rollout engine and the reward scorer worker. `fgrlhf_ray/actors/X.py` is the Ray shell of `workers/X.py`."""
