@@ -29,6 +29,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from fgrlhf_ray.actors.group import ActorGroup, first, join
 from fgrlhf_ray.workers.learner import ForwardBatch, as_forward_batch, free_port, mean_stats
 from fgrlhf_ray.types import Experience, RolloutBatch
 
@@ -77,29 +78,12 @@ def shard_batch(batch: Any, num_shards: int, pad_token_id: int):
     return shards[0] if num_shards == 1 else tuple(shards)
 
 
-@ray.remote(num_cpus=0)
-def concat_logprobs_and_values(*parts: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def concat_logprobs_and_values(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-rank (logprobs (b, T), values (b, T)) → (B, T), (B, T) in rank order."""
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-@ray.remote(num_cpus=0)
-def _mean_stats_task(*rows: Mapping[str, float]) -> dict[str, float]:
-    return mean_stats(rows)
-
-
-@ray.remote(num_cpus=0)
-def _first(*values: Any) -> Any:
-    """Resolves when all `values` are ready; returns the first (rank 0's)."""
-    return values[0]
-
-
 # --------------------------------------------------------------------------- actor
-
-
-# No call waits forever: the default bound of every blocking LearnerGroup call (callers pass
-# their phase timeout; None still means no limit).
-CALL_TIMEOUT_S = 1800.0
 
 
 @ray.remote
@@ -219,7 +203,7 @@ class LearnerActor:
 # --------------------------------------------------------------------------- group
 
 
-class LearnerGroup:
+class LearnerGroup(ActorGroup):
     """M `LearnerActor`s forming one DeepSpeed data-parallel group.
 
     Keyword-only args:
@@ -230,7 +214,10 @@ class LearnerGroup:
         num_cpus_per_actor / num_gpus_per_actor / resources: Ray resources per rank.
         runtime_env: extra runtime_env for the actors (its env_vars are merged).
         setup_timeout_s: bound on building the engines (rendezvous included).
+        sync_dtype: dtype the weights travel in to the engines (`weights()`); None: the learner's.
     """
+
+    role = "rank"
 
     def __init__(
         self,
@@ -244,10 +231,12 @@ class LearnerGroup:
         resources: Mapping[str, float] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
         setup_timeout_s: float = 900.0,
+        sync_dtype: str | None = None,
     ) -> None:
         if world_size < 1:
             raise ValueError(f"LearnerGroup: world_size must be >= 1, got {world_size}.")
         self.world_size = world_size
+        self.sync_dtype = sync_dtype
         env = dict(runtime_env or {})
         env_vars = dict(env.get("env_vars", {}))
         if num_gpus_per_actor == 0:
@@ -301,100 +290,93 @@ class LearnerGroup:
         return sum(n["node_id"] == nodes[rank]["node_id"] for n in nodes[:rank])
 
     # ---------------------------------------------------------------- data
+    # Every call returns one ObjectRef (`fgrlhf_ray.actors.group`). Calls that touch the
+    # model run on all ranks (ZeRO-3 gathers collectively); where only rank 0 produces the
+    # result (weights, probe), its ref is returned directly rather than through a join
+    # task, which would copy the weights once more through the object store.
 
     def shard(self, batch_ref: Any) -> list[ray.ObjectRef]:
         """M ObjectRefs, one equal shard per rank (see module docstring)."""
         refs = shard_batch.options(num_returns=self.world_size).remote(batch_ref, self.world_size, self.pad_token_id)
         return [refs] if self.world_size == 1 else list(refs)
 
-    def compute_logprobs_and_values_async(self, batch_ref: Any) -> ray.ObjectRef:
+    def _per_shard(self, method: str, batch_ref: Any) -> list:
+        return [getattr(a, method).remote(s) for a, s in zip(self.actors, self.shard(batch_ref))]
+
+    def logprobs_and_values(self, batch_ref: Any) -> ray.ObjectRef:
         """ObjectRef of (old_logprobs (B, T), values (B, T)) for the whole batch."""
-        parts = [a.compute_logprobs_and_values.remote(s) for a, s in zip(self.actors, self.shard(batch_ref))]
-        return concat_logprobs_and_values.remote(*parts)
+        return join(self._per_shard("compute_logprobs_and_values", batch_ref), concat_logprobs_and_values)
 
-    def compute_logprobs_and_values(self, batch_ref: Any, *, timeout_s: float | None = CALL_TIMEOUT_S):
-        return ray.get(self.compute_logprobs_and_values_async(batch_ref), timeout=timeout_s)
-
-    def train_async(self, experience_ref: Any) -> ray.ObjectRef:
-        """ObjectRef of the rank-averaged `PPOLearner.train_step` stats."""
-        rows = [a.train_step.remote(s) for a, s in zip(self.actors, self.shard(experience_ref))]
-        return _mean_stats_task.remote(*rows)
-
-    def train(self, experience_ref: Any, *, timeout_s: float | None = CALL_TIMEOUT_S) -> dict[str, float]:
-        """One PPO update over the whole Experience; rank-averaged stats."""
-        rows = ray.get(
-            [a.train_step.remote(s) for a, s in zip(self.actors, self.shard(experience_ref))], timeout=timeout_s
-        )
-        return mean_stats(rows)
+    def train(self, experience_ref: Any) -> ray.ObjectRef:
+        """ObjectRef of the rank-averaged `PPOLearner.train_step` stats (one PPO update)."""
+        return join(self._per_shard("train_step", experience_ref), mean_stats)
 
     # ---------------------------------------------------------------- weights
 
-    def state_dict_for_sync_ref(self) -> ray.ObjectRef:
+    def state_dict_for_sync(self) -> ray.ObjectRef:
         """ObjectRef of rank 0's full HF state dict (all ranks take part under ZeRO-3)."""
-        return [a.state_dict_for_sync.remote() for a in self.actors][0]
+        return self.call("state_dict_for_sync")[0]
 
-    def state_dict_for_sync(self, *, timeout_s: float | None = CALL_TIMEOUT_S) -> dict[str, torch.Tensor]:
-        refs = [a.state_dict_for_sync.remote() for a in self.actors]
-        return ray.get(refs, timeout=timeout_s)[0]
+    def weights(self, dtype: str | None = None) -> ray.ObjectRef:
+        """ObjectRef of rank 0's safetensors bytes — what `RolloutGroup.sync_weights` takes —
+        in `dtype` (default: the group's `sync_dtype`, the engines' dtype)."""
+        return self.call("serialized_weights", dtype or self.sync_dtype)[0]
 
-    def serialized_weights_ref(self, dtype: str | None = None) -> ray.ObjectRef:
-        """ObjectRef of rank 0's safetensors bytes — what `RolloutGroup.sync_weights` takes."""
-        return [a.serialized_weights.remote(dtype) for a in self.actors][0]
+    def probe_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> ray.ObjectRef:
+        return self.call("probe_logprobs", list(prompt_ids), list(response_ids))[0]
 
-    def probe_logprobs_async(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> ray.ObjectRef:
-        return [a.probe_logprobs.remote(list(prompt_ids), list(response_ids)) for a in self.actors][0]
+    def weight_broadcast_address(self) -> ray.ObjectRef:
+        """ObjectRef of (host, port) for the weight-broadcast group: rank 0's node and a free port there."""
+        return self.actors[0].broadcast_address.remote()
 
-    def probe_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int], *,
-                       timeout_s: float | None = CALL_TIMEOUT_S) -> list[float]:
-        refs = [a.probe_logprobs.remote(list(prompt_ids), list(response_ids)) for a in self.actors]
-        return ray.get(refs, timeout=timeout_s)[0]
-
-    def weight_broadcast_address(self) -> tuple[str, int]:
-        """(host, port) for the weight-broadcast group: rank 0's node and a free port there."""
-        return ray.get(self.actors[0].broadcast_address.remote(), timeout=CALL_TIMEOUT_S)
-
-    def init_weight_broadcast_async(self, *, host: str, port: int, world_size: int, backend: str = "nccl",
-                                    bucket_bytes: int = 256 * 1024**2, timeout_s: float = 300.0,
-                                    dtype: str | None = None) -> ray.ObjectRef:
-        """Rank 0 joins the broadcast group as its rank 0 (with `RolloutGroup.init_weight_broadcast_async`
+    def init_weight_broadcast(self, *, host: str, port: int, world_size: int, backend: str = "nccl",
+                              bucket_bytes: int = 256 * 1024**2, timeout_s: float = 300.0,
+                              dtype: str | None = None) -> ray.ObjectRef:
+        """Rank 0 joins the broadcast group as its rank 0 (with `RolloutGroup.init_weight_broadcast`
         started at the same time: the rendezvous needs both). Returns rank 0's ObjectRef."""
         return self.actors[0].init_weight_broadcast.remote(
             host=host, port=port, world_size=world_size, backend=backend, bucket_bytes=bucket_bytes,
             timeout_s=timeout_s, dtype=dtype,
         )
 
-    def prepare_weight_broadcast(self, *, timeout_s: float | None = CALL_TIMEOUT_S) -> list:
-        """Gather the weights (all ranks under ZeRO-3); rank 0 keeps them and returns the bucket plan.
+    def prepare_weight_broadcast(self) -> ray.ObjectRef:
+        """Gather the weights (all ranks under ZeRO-3); rank 0 keeps them; ObjectRef of the bucket plan.
 
-        Then: `refs = rollout.receive_weight_broadcast_async(plan)`,
-        `ray.get([learner.broadcast_weights_async(plan), *refs])`.
+        Then: `refs = rollout.receive_weight_broadcast(plan)`,
+        `ray.get([learner.broadcast_weights(plan), *refs])`.
         """
-        return ray.get([a.prepare_weight_broadcast.remote() for a in self.actors], timeout=timeout_s)[0]
+        return self.call("prepare_weight_broadcast")[0]
 
-    def broadcast_weights_async(self, plan: list) -> ray.ObjectRef:
+    def broadcast_weights(self, plan: list) -> ray.ObjectRef:
         return self.actors[0].broadcast_weights.remote(plan)
 
-    def close_weight_broadcast_async(self) -> ray.ObjectRef:
+    def close_weight_broadcast(self) -> ray.ObjectRef:
         return self.actors[0].close_weight_broadcast.remote()
-
-    def close_weight_broadcast(self) -> None:
-        ray.get(self.close_weight_broadcast_async(), timeout=CALL_TIMEOUT_S)
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save_checkpoint_async(self, directory: str) -> ray.ObjectRef:
+    def save_checkpoint(self, directory: str) -> ray.ObjectRef:
         """ObjectRef that resolves (to `directory`) once every rank has saved."""
-        refs = [a.save_checkpoint.remote(str(directory)) for a in self.actors]
-        return _first.remote(*refs)
+        return join(self.call("save_checkpoint", str(directory)), first)
 
-    def save_checkpoint(self, directory: str, *, timeout_s: float | None = CALL_TIMEOUT_S) -> str:
-        return ray.get([a.save_checkpoint.remote(str(directory)) for a in self.actors], timeout=timeout_s)[0]
+    def load_checkpoint(self, directory: str) -> ray.ObjectRef:
+        """ObjectRef that resolves once every rank has loaded."""
+        return join(self.call("load_checkpoint", str(directory)), first)
 
-    def load_checkpoint(self, directory: str, *, timeout_s: float | None = CALL_TIMEOUT_S) -> None:
-        ray.get([a.load_checkpoint.remote(str(directory)) for a in self.actors], timeout=timeout_s)
+    def param_fingerprints(self) -> list[ray.ObjectRef]:
+        return self.call("param_fingerprint")
 
-    def param_fingerprints(self) -> list[list[float]]:
-        return ray.get([a.param_fingerprint.remote() for a in self.actors], timeout=CALL_TIMEOUT_S)
+    def alive(self, timeout_s: float = 60.0) -> bool:
+        """Whether every rank still answers (after a fault whose culprit is unclear)."""
+        try:
+            ray.get(self.call("node_info"), timeout=timeout_s)
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+
+    def recover(self, kind: str, **_: Any) -> str:
+        raise RuntimeError("learner ranks are not recovered mid-run: their optimizer state is lost with them; "
+                           "resume from the last checkpoint")
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -7,6 +7,8 @@ from typing import Any
 import ray
 import torch
 
+from fgrlhf_ray.actors.group import ActorGroup
+
 
 @ray.remote
 class ReferenceActor:
@@ -34,3 +36,24 @@ class ReferenceActor:
         from fgrlhf_ray.infra.reliability import actor_health
 
         return actor_health()
+
+
+class ReferenceGroup(ActorGroup):
+    """The one `ReferenceActor` of a run, as a group: `logprobs(rollout)` → ObjectRef (B, T).
+
+    Ray restarts a crashed actor (`max_restarts`) without re-running its task; `recover`
+    (from `ActorGroup`) waits for that or replaces a dead-for-good actor."""
+
+    role = "reference"
+
+    def __init__(self, *, options: dict[str, Any], num_threads: int | None = None, **policy_kwargs: Any) -> None:
+        spawn = lambda: ReferenceActor.options(**options).remote(num_threads=num_threads, **policy_kwargs)  # noqa: E731
+        self._spawners = [spawn]
+        self.actors = [spawn()]
+
+    @property
+    def actor(self):
+        return self.actors[0]
+
+    def logprobs(self, rollout: Any) -> Any:
+        return self.actor.logprobs.remote(rollout)

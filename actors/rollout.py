@@ -1,22 +1,25 @@
 """Ray shells for rollouts: `RolloutActor` (one vLLM engine) and `RolloutGroup` (N of them).
 
 `RolloutActor` only hands off to `fgrlhf_ray.workers.rollout.VLLMRolloutEngine`. `RolloutGroup`
-is driver-side plain Python: it shards prompts over the engines, gathers the results,
-and fans weight updates out (object store: one `ray.put`, every engine loads the same
-ObjectRef in parallel; NCCL: see `fgrlhf_ray.weight_sync.NcclWeightBroadcaster`).
+is driver-side plain Python: it shards prompts over the engines, joins the results, and
+fans weight updates out (object store: one `ray.put`, every engine loads the same
+ObjectRef in parallel; NCCL: see `fgrlhf_ray.weight_sync.NcclWeightBroadcaster`). Every
+call returns one ObjectRef (`fgrlhf_ray.actors.group`); wait with `collect`.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
 
-from fgrlhf_ray.workers.rollout import VLLMRolloutEngine
+from fgrlhf_ray.actors.group import ActorGroup, collect, join
 from fgrlhf_ray.types import RolloutBatch
-from fgrlhf_ray.weight_sync import check_probe_gap, serialize_state_dict
+from fgrlhf_ray.weight_sync import serialize_state_dict
+from fgrlhf_ray.workers.rollout import VLLMRolloutEngine
 
 
 @ray.remote
@@ -100,6 +103,18 @@ def merge_rollouts(parts: Sequence[RolloutBatch]) -> RolloutBatch:
     return out
 
 
+def _load_stats(counts: list[int], *, put_s: float) -> dict[str, float]:
+    """Join of an object-store sync: every engine must have loaded the same tensors."""
+    if len(set(counts)) != 1:
+        raise RuntimeError(f"RolloutGroup.sync_weights: engines loaded different tensor counts {counts}.")
+    return {"sync/put_s": put_s, "sync/num_tensors": float(counts[0])}
+
+
+def _first_sequence(parts: list[list[list[float]]]) -> list[list[float]]:
+    """Per engine, its logprobs of the one probe sequence (a batch of one)."""
+    return [lp[0] for lp in parts]
+
+
 def contiguous_shards(num_items: int, num_shards: int) -> list[tuple[int, int]]:
     """[start, end) ranges splitting `num_items` into `num_shards` contiguous shards whose
     sizes differ by at most one (earlier shards get the extra item); empty shards are
@@ -114,7 +129,7 @@ def contiguous_shards(num_items: int, num_shards: int) -> list[tuple[int, int]]:
     return ranges
 
 
-class RolloutGroup:
+class RolloutGroup(ActorGroup):
     """N `RolloutActor`s serving one policy.
 
     Args (keyword-only):
@@ -129,13 +144,14 @@ class RolloutGroup:
         cpu_bind: "spread" (default) gives engine i its own slice of its node's CPUs
             (`VLLM_CPU_OMP_THREADS_BIND`, ignored by GPU vLLM); any other value is
             passed to every engine as-is (e.g. "auto", "nobind"); or a list, one per engine.
-        startup_timeout_s / call_timeout_s: bounds for engine start-up and for each
-            generate / sync / probe round; a timeout raises `TimeoutError` naming the
-            call instead of hanging the controller.
+        startup_timeout_s: bound for engine start-up (a timeout raises `TimeoutError`
+            naming it); calls are bounded by whoever waits for their handle.
         max_restarts: Ray restarts of a crashed engine actor (tasks are not re-run by Ray:
             the caller retries, and must re-sync weights — a restarted engine loads
             `model_path` again; see `recover`).
     """
+
+    role = "engine"
 
     def __init__(
         self,
@@ -148,7 +164,6 @@ class RolloutGroup:
         env_vars: Mapping[str, str] | None = None,
         cpu_bind: str | Sequence[str] | None = "spread",
         startup_timeout_s: float = 900.0,
-        call_timeout_s: float = 1800.0,
         max_restarts: int = 0,
     ) -> None:
         if num_engines < 1:
@@ -160,7 +175,6 @@ class RolloutGroup:
         self.num_engines = num_engines
         self.engine_kwargs = dict(engine_kwargs)
         self.tensor_parallel_size = int(self.engine_kwargs.get("tensor_parallel_size", 1))
-        self.call_timeout_s = call_timeout_s
         self.startup_timeout_s = startup_timeout_s
         self.weights_version = 0  # object-store syncs pushed; engines must hold the same (see RolloutActor)
         self.actors = []
@@ -187,27 +201,15 @@ class RolloutGroup:
             self._spawners.append(spawn)
             self.actors.append(spawn())
         start = time.perf_counter()
-        self.startup_s_per_engine = self._get(
-            [a.ready.remote() for a in self.actors], startup_timeout_s, "engine start-up"
-        )
+        self.startup_s_per_engine = collect(self.call("ready"), timeout_s=startup_timeout_s,
+                                            what=f"RolloutGroup: start-up of {num_engines} engine(s)")
         self.startup_s = time.perf_counter() - start
 
-    # ------------------------------------------------------------------ helpers
-    def _get(self, refs: list, timeout_s: float | None, what: str) -> list:
-        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
-        try:
-            return ray.get(refs, timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(
-                f"RolloutGroup: {what} did not finish within {timeout_s:.0f} s on "
-                f"{len(refs)} engine(s). An engine may be stuck or too slow: check the "
-                "actors' logs (ray logs / dashboard), or raise the timeout."
-            ) from None
-
     # ------------------------------------------------------------------ rollouts
-    def generate_refs(self, prompts: Sequence[str], **kwargs: Any) -> list:
-        """Launch generation on all engines; one ObjectRef (RolloutBatch) per shard.
-        Prompts are split into contiguous shards; prompt_index stays global."""
+    def generate(self, prompts: Sequence[str], **kwargs: Any) -> Any:
+        """ObjectRef of one merged `RolloutBatch`: prompts are split into contiguous shards,
+        one per engine (`VLLMRolloutEngine.generate` kwargs: n, temperature, top_k, top_p,
+        max_new_tokens, seed, prompt_ids, stop_token_ids); prompt_index stays global."""
         prompts = list(prompts)
         prompt_ids = kwargs.pop("prompt_ids", None)
         refs = []
@@ -218,31 +220,16 @@ class RolloutGroup:
             if prompt_ids is not None:
                 shard_kwargs["prompt_ids"] = list(prompt_ids[lo:hi])
             refs.append(actor.generate.remote(prompts[lo:hi], **shard_kwargs))
-        return refs
-
-    def generate(
-        self, prompts: Sequence[str], *, timeout_s: float | None = None, **kwargs: Any
-    ) -> RolloutBatch:
-        """Sample over all engines (`VLLMRolloutEngine.generate` kwargs: n, temperature,
-        top_k, top_p, max_new_tokens, seed, prompt_ids, stop_token_ids) and merge."""
-        return merge_rollouts(
-            self._get(self.generate_refs(prompts, **kwargs), timeout_s, "generate")
-        )
+        return join(refs, merge_rollouts)
 
     # ------------------------------------------------------------------ weights
-    def sync_weights(
-        self,
-        weights: Any,
-        *,
-        tie_word_embeddings: bool | None = None,
-        timeout_s: float | None = None,
-    ) -> dict[str, float]:
+    def sync_weights(self, weights: Any, *, tie_word_embeddings: bool | None = None) -> Any:
         """Object-store weight sync: every engine loads the same weights in place.
 
         `weights` is an ObjectRef to safetensors bytes (what a learner actor returns
         from `serialize_state_dict`; nothing passes through the driver), bytes, or a
         state dict (then `tie_word_embeddings` is required; serialised here once).
-        Returns timing stats.
+        Returns an ObjectRef of the sync's stats, ready once every engine has loaded.
         """
         start = time.perf_counter()
         if isinstance(weights, ray.ObjectRef):
@@ -258,20 +245,10 @@ class RolloutGroup:
             ref = ray.put(bytes(weights))
         put_s = time.perf_counter() - start
         self.weights_version += 1
-        counts = self._get(
-            [a.load_weights.remote(ref, self.weights_version) for a in self.actors], timeout_s, "weight sync"
-        )
-        if len(set(counts)) != 1:
-            raise RuntimeError(
-                f"RolloutGroup.sync_weights: engines loaded different tensor counts {counts}."
-            )
-        return {
-            "sync/total_s": time.perf_counter() - start,
-            "sync/put_s": put_s,
-            "sync/num_tensors": float(counts[0]),
-        }
+        loads = self.call("load_weights", ref, self.weights_version)
+        return join(loads, functools.partial(_load_stats, put_s=put_s))
 
-    def init_weight_broadcast_async(
+    def init_weight_broadcast(
         self, *, host: str, port: int, backend: str = "nccl", timeout_s: float = 300.0
     ) -> list:
         """Make every vLLM worker join the learner's broadcast group (learner = rank 0).
@@ -294,71 +271,32 @@ class RolloutGroup:
     def broadcast_world_size(self) -> int:
         return 1 + self.num_engines * self.tensor_parallel_size
 
-    def receive_weight_broadcast_async(self, plan: list) -> list:
+    def receive_weight_broadcast(self, plan: list) -> list:
         """Start receiving one broadcast on every engine; returns refs (tensor counts).
         Counts as a weight update: engines must hold the new version before generating."""
         self.weights_version += 1
         return [a.receive_weight_broadcast.remote(plan, self.weights_version) for a in self.actors]
 
-    def broadcast_group_ids(self, *, timeout_s: float | None = None) -> list[str | None]:
-        """The broadcast group each engine process has joined (None: none, e.g. restarted)."""
-        return self._get([a.broadcast_group_id.remote() for a in self.actors], timeout_s, "broadcast group check")
+    def broadcast_group_ids(self) -> list:
+        """ObjectRefs: the broadcast group each engine process has joined (None: none, e.g. restarted)."""
+        return self.call("broadcast_group_id")
 
-    def close_weight_broadcast_async(self) -> list:
+    def close_weight_broadcast(self) -> list:
         return [a.close_weight_broadcast.remote() for a in self.actors]
 
     # ------------------------------------------------------------------ probe
-    def probe(
-        self,
-        prompt_ids: Sequence[int],
-        response_ids: Sequence[int],
-        *,
-        timeout_s: float | None = None,
-    ) -> list[list[float]]:
-        """Each engine's logprobs of one fixed sequence: (num_engines, len(response_ids))."""
-        refs = [
-            a.probe_logprobs_batch.remote([list(prompt_ids)], [list(response_ids)])
-            for a in self.actors
-        ]
-        return [r[0] for r in self._get(refs, timeout_s, "probe")]
+    def probe(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> Any:
+        """ObjectRef of each engine's logprobs of one fixed sequence: (num_engines, len(response_ids))."""
+        refs = self.call("probe_logprobs_batch", [list(prompt_ids)], [list(response_ids)])
+        return join(refs, _first_sequence)
 
-    def check_sync(
-        self,
-        learner_logprobs: Sequence[float],
-        prompt_ids: Sequence[int],
-        response_ids: Sequence[int],
-        *,
-        tolerance: float,
-    ) -> float:
-        """Max over engines of the probe gap; raises `ProbeGapError` past `tolerance`."""
-        return max(
-            check_probe_gap(learner_logprobs, lp, tolerance)
-            for lp in self.probe(prompt_ids, response_ids)
-        )
+    def stats(self) -> list:
+        """ObjectRefs of each engine's `stats()`."""
+        return self.call("stats")
 
-    def stats(self) -> list[dict[str, float]]:
-        return self._get([a.stats.remote() for a in self.actors], None, "stats")
-
-    def recover(self, kind: str) -> str:
-        """Make every engine usable again after a fault; returns what was done.
-
-        Waits for engines Ray is restarting, replaces dead-for-good ones (same bundle,
-        same arguments), and after a timeout kills the engines first so Ray restarts
-        them. A restarted engine holds the initial weights: re-sync before generating.
-        """
-        from fgrlhf_ray.infra.reliability import ensure_actor
-
-        done = []
-        for i, actor in enumerate(self.actors):
-            if kind == "timeout":
-                ray.kill(actor, no_restart=False)
-            self.actors[i], what = ensure_actor(actor, self._spawners[i], timeout_s=self.startup_timeout_s)
-            done.append(f"engine {i} {what}")
-        return "rollout: " + ", ".join(done)
-
-    def health(self) -> list:
-        """ObjectRefs of each engine's `health()`."""
-        return [a.health.remote() for a in self.actors]
+    def recover(self, kind: str, *, timeout_s: float | None = None) -> str:
+        """`ActorGroup.recover`; a restarted engine holds the initial weights: re-sync before generating."""
+        return "rollout: " + super().recover(kind, timeout_s=timeout_s or self.startup_timeout_s)
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Stop vLLM inside each actor, then kill the actors (idempotent)."""

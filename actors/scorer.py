@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import time
+import sys
 
 import ray
 
-from fgrlhf_ray.infra.reliability import actor_health, ensure_actor
-
-from fgrlhf_ray.control.audit import judge_rollout
+from fgrlhf_ray.actors.group import ActorGroup, concat_lists, join
 from fgrlhf_ray.config import RewardModelConfig
+from fgrlhf_ray.control.audit import judge_rollout
+from fgrlhf_ray.infra.reliability import actor_health
 from fgrlhf_ray.rewards.factory import build_scorer, credential_env_var, normalization_of
-from fgrlhf_ray.workers.scorer import score_rollout
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
+from fgrlhf_ray.workers.scorer import score_rollout
 
 
 @ray.remote
@@ -22,6 +21,10 @@ class ScorerActor:
     def __init__(self, config: dict) -> None:
         self.config = RewardModelConfig.model_validate(config)
         self.scorer = build_scorer(self.config)
+        if "torch" in sys.modules:  # a neural RM: use the CPUs Ray gave this actor, not every core
+            import torch
+
+            torch.set_num_threads(max(1, int(self.config.num_cpus)))
 
     def normalization(self) -> tuple[float, float]:
         return normalization_of(self.config, self.scorer)
@@ -38,12 +41,7 @@ class ScorerActor:
         return actor_health()
 
 
-@ray.remote(num_cpus=0)
-def _concat(*shards: list) -> list:
-    return [item for shard in shards for item in shard]
-
-
-class ScorerGroup:
+class ScorerGroup(ActorGroup):
     """`num_replicas` ScorerActors for one reward model; a rollout is split across them.
 
     `score(rollout_ref)` returns one ObjectRef of the whole batch's verdicts: each replica
@@ -64,29 +62,17 @@ class ScorerGroup:
         if secret:  # the driver's token / API key must reach the actor processes (possibly on other nodes)
             options["runtime_env"] = {"env_vars": {secret_var: secret}}
         self._options = options
-        self.actors = [self._spawn() for _ in range(config.num_replicas)]
+        self._spawners = [self._spawn] * config.num_replicas
+        self.actors = [spawn() for spawn in self._spawners]
+
+    role = "replica"
 
     def _spawn(self):
         return ScorerActor.options(**self._options).remote(self.config.model_dump())
 
     def recover(self, kind: str, *, timeout_s: float = 300.0) -> str:
-        """Make every replica usable again after a fault; returns what was done.
-
-        A replica Ray is restarting is waited for; one that is dead for good (restarts
-        exhausted, or killed) is replaced by a new actor; after a timeout ("timeout") the
-        replicas are killed first so Ray restarts them (a hung call cannot be cancelled).
-        """
-        done = []
-        for i, actor in enumerate(self.actors):
-            if kind == "timeout":
-                ray.kill(actor, no_restart=False)
-            self.actors[i], what = ensure_actor(actor, self._spawn, timeout_s=timeout_s)
-            done.append(f"replica {i} {what}")
-        return f"scorer {self.name!r}: " + ", ".join(done)
-
-    def health(self) -> list:
-        """ObjectRefs of each replica's `health()`."""
-        return [a.health.remote() for a in self.actors]
+        """`ActorGroup.recover` over the replicas."""
+        return f"scorer {self.name!r}: " + super().recover(kind, timeout_s=timeout_s)
 
     def normalization(self):
         """ObjectRef of (μ, σ) from the first replica (all replicas load the same model)."""
@@ -96,4 +82,4 @@ class ScorerGroup:
         n = len(self.actors)
         bounds = [(num_samples * k // n, num_samples * (k + 1) // n) for k in range(n)]
         shards = [actor.score.remote(rollout_ref, a, b) for actor, (a, b) in zip(self.actors, bounds) if b > a]
-        return shards[0] if len(shards) == 1 else _concat.remote(*shards)
+        return shards[0] if len(shards) == 1 else join(shards, concat_lists)

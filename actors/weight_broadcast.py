@@ -58,22 +58,22 @@ class BroadcastWeightSync:
     def ensure_group(self) -> bool:
         """Form the group unless every engine is already in the current one; True if formed."""
         if self.group_id is not None:
-            members = self.rollout.broadcast_group_ids(timeout_s=self.timeout_s)
+            members = self._wait(self.rollout.broadcast_group_ids(), "checking the engines' broadcast group")
             if all(m == self.group_id for m in members):
                 return False
             log.warning("weight broadcast: engine(s) %s left group %s (restarted?); forming a new group",
                         [i for i, m in enumerate(members) if m != self.group_id], self.group_id)
         self.close()
-        host, port = self.learner.weight_broadcast_address()
+        host, port = self._wait([self.learner.weight_broadcast_address()], "picking the broadcast address")[0]
         world_size = self.rollout.broadcast_world_size
         # Both sides must be joining at the same time: rank 0 hosts the store and waits for
         # the others, each vLLM worker connects to it.
-        sender = self.learner.init_weight_broadcast_async(
+        sender = self.learner.init_weight_broadcast(
             host=host, port=port, world_size=world_size, backend=self.backend, bucket_bytes=self.bucket_bytes,
             timeout_s=self.timeout_s, dtype=self.dtype,
         )
-        joins = self.rollout.init_weight_broadcast_async(host=host, port=port, backend=self.backend,
-                                                         timeout_s=self.timeout_s)
+        joins = self.rollout.init_weight_broadcast(host=host, port=port, backend=self.backend,
+                                                   timeout_s=self.timeout_s)
         self._wait([sender, *joins], "forming the weight-broadcast group")
         self.group_id = f"{host}:{port}"
         self.formations += 1
@@ -85,7 +85,7 @@ class BroadcastWeightSync:
         if self.group_id is None:
             return
         self.group_id = None
-        refs = [self.learner.close_weight_broadcast_async(), *self.rollout.close_weight_broadcast_async()]
+        refs = [self.learner.close_weight_broadcast(), *self.rollout.close_weight_broadcast()]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=min(self.timeout_s, 30.0))
         for ref in ready:
             try:
@@ -99,9 +99,9 @@ class BroadcastWeightSync:
         start = time.perf_counter()
         formed = self.ensure_group()
         form_s = time.perf_counter() - start
-        plan = self.learner.prepare_weight_broadcast(timeout_s=self.timeout_s)
-        receives = self.rollout.receive_weight_broadcast_async(plan)
-        send = self.learner.broadcast_weights_async(plan)
+        plan = self._wait([self.learner.prepare_weight_broadcast()], "gathering the weights to broadcast")[0]
+        receives = self.rollout.receive_weight_broadcast(plan)
+        send = self.learner.broadcast_weights(plan)
         # Each bucket is bounded by timeout_s inside the collective; this wait only adds a
         # margin, so a stuck member surfaces as the collective's own timeout error.
         try:

@@ -10,7 +10,10 @@ One step reads like the algorithm:
     sync_weights(); check the probe                               # learner → vLLM
 
 The collaborators (`RolloutService`, `ScorerService`, `ReferenceService`,
-`LearnerService`) return *handles*, and a `Runtime` resolves handles and puts objects.
+`LearnerService`: `fgrlhf_ray.control.services`; under Ray the actor groups of
+`fgrlhf_ray.actors` themselves) return *handles* from every call, generation included,
+and a `Runtime` resolves handles and puts objects; every phase waits, times out and
+retries through the same path (`_resolve_with_retries`).
 With Ray a handle is an ObjectRef and the runtime is `RayRuntime` (one `ray.wait`
 sweep per phase to time each participant, then one `ray.get`); in unit tests a handle is
 the value itself and `InProcessRuntime` is the identity. The controller therefore never
@@ -37,10 +40,9 @@ from typing import Any
 
 import torch
 
-from fgrlhf_ray.algo.advantages import compute_gae, scale_rewards_by_std, whiten
-from fgrlhf_ray.algo.experience import pad_rollout
+from fgrlhf_ray.algo.experience import assemble_experience, pad_rollout
 from fgrlhf_ray.algo.kl import AdaptiveKLController, FixedKLController
-from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards, token_char_offsets, total_token_rewards
+from fgrlhf_ray.algo.rewards import ScorerOutput, token_char_offsets
 from fgrlhf_ray.config import RunConfig
 from fgrlhf_ray.control.services import (
     LEARNER_PARTICIPANTS, ROLLOUT_PARTICIPANTS, Handle, InProcessRuntime, LearnerService, PhaseFailed,
@@ -58,6 +60,20 @@ log = logging.getLogger(__name__)
 
 class WeightSyncError(RuntimeError):
     """vLLM's logprobs after a weight sync disagree with the learner's."""
+
+
+@dataclass
+class Generation:
+    """One step's batch of prompts on its way through the engines.
+
+    `weights_step`: how many learner updates the engines' weights held when it was launched
+    (the step's staleness is the learner's step minus this); `handle`: the running generation
+    (None: not launched yet, e.g. after a resume)."""
+
+    prompts: list[str]
+    seed: int
+    weights_step: int
+    handle: Handle = None
 
 
 @dataclass
@@ -109,6 +125,7 @@ class PPOController:
         if self.retry is None:
             self.retry = RetryPolicy(retries=self.config.ray.phase_retries, backoff_s=self.config.ray.retry_backoff_s)
         self.fault_events: list[dict] = []  # every fault met and how it was handled (the run's fault log)
+        self._pending: Generation | None = None  # the next step's batch, sampling since the last step
         self._open_faults: list[dict] = []  # faults of the current phase not yet recovered
         self.sampler = PromptSampler(list(self.prompts), seed=self.config.seed, shuffle=self.config.data.shuffle)
         if ppo.kl_controller == "adaptive":
@@ -147,21 +164,29 @@ class PPOController:
             raise
 
     def _train_step(self, timings: dict[str, float], started: float, faults_before: int) -> StepResult:
-        prompts = self.sampler.next_batch(self.config.ppo.prompts_per_step)
-        rollout, rollout_handle = self.generate(prompts, timings)
+        # This step's batch: launched during the previous step (rollout.async_steps 1), or now.
+        generation = self._pending if self._pending is not None else self._draw_generation(launch=False)
+        rollout, rollout_handle = self.generate(generation, timings)
+        staleness = self.step - generation.weights_step  # learner updates the sampling weights lag behind
+        # One step off: the engines sample the next batch (from these weights) while this one is
+        # scored and learned from; it is collected before the weight sync, which needs idle engines.
+        upcoming = self._draw_generation(launch=True) if self.config.rollout.async_steps else None
         verdicts, ref_logprobs, (old_logprobs, old_values) = self.score_and_evaluate(
             rollout_handle, len(rollout), timings)
         diagnostics = self.diagnose(rollout, verdicts)
         diagnostics.update(self.submit_audit(rollout_handle, rollout, verdicts, timings))
         experience, reward_stats = self.assemble(rollout, verdicts, ref_logprobs, old_logprobs, old_values)
         learn_stats = self.learn(experience, timings)
+        if upcoming is not None:
+            self.generate(upcoming, timings, timing_key="time/generate_next")
         sync_stats = self.sync_weights(timings)
         diagnostics.update(self.collect_audit(timings))
         self.kl_controller.update(reward_stats["kl"], n_steps=len(rollout))
         self.step += 1
+        self._pending = upcoming  # (not earlier: a failed step must leave the sampler and this together)
         timings["time/step"] = time.perf_counter() - started
         metrics = {**reward_stats, **learn_stats, **sync_stats, **timings, **rollout_stats(rollout), **diagnostics,
-                   "kl_coef": float(self.kl_controller.value)}
+                   "kl_coef": float(self.kl_controller.value), "rollout/staleness": float(staleness)}
         faults = self.fault_events[faults_before:]
         metrics["faults/retries"] = float(len(faults))
         if faults:
@@ -174,26 +199,35 @@ class PPOController:
 
     # ----------------------------------------------------------------- the steps
 
-    def generate(self, prompts: list[str], timings: dict[str, float]) -> tuple[RolloutBatch, Handle]:
-        """Sample responses; the batch is put in the object store once for the fan-out."""
-        t0 = time.perf_counter()
+    def _draw_generation(self, *, launch: bool) -> "Generation":
+        """The next step's prompts (and its sampling seed); `launch`: start sampling them now."""
+        step = self.step + (1 if launch else 0)  # the step whose batch this is (0-based)
+        generation = Generation(prompts=self.sampler.next_batch(self.config.ppo.prompts_per_step),
+                                seed=self.config.seed * 100_003 + step, weights_step=self.step)
+        if launch:
+            generation.handle = self._launch_generation(generation)
+        return generation
+
+    def _launch_generation(self, generation: "Generation") -> Handle:
         sampling = self.config.rollout.sampling
-        attempt = 0
-        while True:
-            try:
-                rollout = self.rollout.generate(
-                    prompts,
-                    n=sampling.n_samples_per_prompt,
-                    sampling=sampling.model_dump(),
-                    seed=self.config.seed * 100_003 + self.step,
-                )
-                break
-            except Exception as exc:  # noqa: BLE001 - classified (and re-raised if not a fault) below
-                self._handle_fault("generate", exc, attempt, default_names=["generate"])
-                attempt += 1
-        self._phase_succeeded("generate")
-        timings["time/generate"] = time.perf_counter() - t0
-        return rollout, self.runtime.put(rollout)
+        return self.rollout.generate(generation.prompts, n=sampling.n_samples_per_prompt,
+                                     sampling=sampling.model_dump(), seed=generation.seed)
+
+    def generate(self, generation: "Generation", timings: dict[str, float], *,
+                 timing_key: str = "time/generate") -> tuple[RolloutBatch, Handle]:
+        """Wait for a batch (launching it if it is not yet running): the batch, and its handle
+        (already in the object store under Ray) for the fan-out to scorers, reference and learner.
+        A failed generation is relaunched with the same prompts and seed."""
+        t0 = time.perf_counter()
+        launched = [generation.handle] if generation.handle is not None else []
+
+        def launch() -> Handle:
+            generation.handle = launched.pop() if launched else self._launch_generation(generation)
+            return generation.handle
+
+        values, _ = self._resolve_with_retries("generate", {"generate": launch})
+        timings[timing_key] = time.perf_counter() - t0
+        return values["generate"], generation.handle
 
     def score_and_evaluate(
         self, rollout: Handle, num_samples: int, timings: dict[str, float]
@@ -219,9 +253,9 @@ class PPOController:
         verdicts: dict[str, list[SegmentRewards]],
         ref_logprobs: torch.Tensor,
         old_logprobs: torch.Tensor,
-        old_values: torch.Tensor,
+        old_values: torch.Tensor | None,
     ) -> tuple[Experience, dict[str, float]]:
-        """Per-token rewards, KL, GAE: pure `algo` code over the padded batch."""
+        """Per-token rewards, KL, advantages (`ppo.advantage_estimator`): pure `algo` code over the padded batch."""
         ppo = self.config.ppo
         padded = pad_rollout(rollout, pad_token_id=self.pad_token_id)
         offsets = [token_char_offsets(ids, self.decode, text=text)
@@ -246,6 +280,9 @@ class PPOController:
             lam=ppo.lam,
             scale_rewards=ppo.scale_rewards_by_std,
             whiten_advantages=ppo.whiten_advantages,
+            estimator=ppo.advantage_estimator,
+            group_ids=torch.tensor(rollout.prompt_index, dtype=torch.long),
+            kl_in=ppo.kl_in,
         )
 
     def diagnose(self, rollout: RolloutBatch, verdicts: dict[str, list[SegmentRewards]]) -> dict[str, float]:
@@ -428,8 +465,8 @@ class PPOController:
     def evaluate(self, prompts: Sequence[str]) -> dict[str, float]:
         """Generate once per prompt with the training sampling and report each RM's mean reward."""
         sampling = self.config.rollout.sampling
-        rollout = self.rollout.generate(list(prompts), n=1, sampling=sampling.model_dump(), seed=self.config.seed)
-        handle = self.runtime.put(rollout)
+        handle = self.rollout.generate(list(prompts), n=1, sampling=sampling.model_dump(), seed=self.config.seed)
+        rollout = self.runtime.resolve({"generate": handle}, timeout=self.phase_timeout("generate"))[0]["generate"]
         verdicts, _ = self.runtime.resolve({s.name: s.score(handle, len(rollout)) for s in self.scorers},
                                            timeout=self.config.ray.get_timeout_s)
         metrics = {"eval/response_length": sum(map(len, rollout.response_ids)) / max(len(rollout), 1)}
@@ -445,9 +482,14 @@ class PPOController:
     # ----------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        """Step, prompt position, KL controller and this process's RNG states (JSON-able)."""
+        """Step, prompt position, KL controller, this process's RNG states and the batch in flight
+        (its prompts and seed: a resumed run samples it again, so no prompt is lost or repeated)."""
+        pending = None
+        if self._pending is not None:
+            pending = {"prompts": self._pending.prompts, "seed": self._pending.seed,
+                       "weights_step": self._pending.weights_step}
         return {"step": self.step, "sampler": self.sampler.state_dict(),
-                "kl_controller": self.kl_controller.state_dict(), "rng": capture_rng_state()}
+                "kl_controller": self.kl_controller.state_dict(), "rng": capture_rng_state(), "pending": pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
@@ -455,59 +497,8 @@ class PPOController:
         self.kl_controller.load_state_dict(state["kl_controller"])
         if "rng" in state:  # checkpoints written before RNG states were saved have none
             restore_rng_state(state["rng"])
-
-
-def assemble_experience(
-    *,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    action_mask: torch.Tensor,
-    token_offsets: Sequence[Sequence[tuple[int, int]]],
-    scorer_outputs: Sequence[ScorerOutput],
-    old_logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    old_values: torch.Tensor,
-    kl_coef: float,
-    kl_estimator: str,
-    gamma: float,
-    lam: float,
-    scale_rewards: bool,
-    whiten_advantages: bool,
-) -> tuple[Experience, dict[str, float]]:
-    """From scorer verdicts and model outputs to a PPO `Experience` (pure function).
-
-    Shapes: `sequences`, `attention_mask` (B, P+T); `action_mask`, `old_logprobs`,
-    `ref_logprobs`, `old_values` (B, T); `token_offsets[i]` has one (start, end) per real
-    response token of sample i.
-
-        scores_t  = Σ_rm w_rm (v − μ_rm)/σ_rm   at each segment's last token   (place_segment_rewards)
-        r_t       = scores_t − β·KL_t                                          (total_token_rewards)
-        r_t      ← r_t / std(r) (mean kept)     if scale_rewards               (paper A)
-        A, R      = GAE(r, V_old; γ, λ);  A ← whiten(A) if whiten_advantages
-    """
-    mask = action_mask
-    scores, per_scorer, score_stats = place_segment_rewards(scorer_outputs, token_offsets=token_offsets,
-                                                           action_mask=mask)
-    rewards, kl_stats = total_token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, kl_estimator)
-    if scale_rewards:
-        rewards = scale_rewards_by_std(rewards, mask)
-    advantages, returns = compute_gae(rewards, old_values, mask, gamma, lam)
-    if whiten_advantages:
-        advantages = whiten(advantages, mask, shift_mean=True)
-    experience = Experience(
-        sequences=sequences,
-        attention_mask=attention_mask,
-        action_mask=mask,
-        old_logprobs=old_logprobs,
-        ref_logprobs=ref_logprobs,
-        old_values=old_values,
-        rewards=rewards,
-        advantages=advantages,
-        returns=returns,
-    )
-    stats = {**score_stats, **kl_stats}
-    stats["reward/total_mean"] = stats.pop("score")
-    return experience, stats
+        pending = state.get("pending")
+        self._pending = Generation(**pending) if pending else None
 
 
 def rollout_stats(rollout: RolloutBatch) -> dict[str, float]:

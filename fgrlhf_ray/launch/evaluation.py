@@ -130,6 +130,7 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
     import ray
     from transformers import AutoTokenizer
 
+    from fgrlhf_ray.actors.group import collect
     from fgrlhf_ray.actors.rollout import RolloutGroup, merge_rollouts
     from fgrlhf_ray.actors.scorer import ScorerGroup
     from fgrlhf_ray.evaluation.perplexity import reference_lm_nll
@@ -171,7 +172,6 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
                                    max_model_len=rollout_cfg.max_model_len),
                 num_cpus=rollout_cfg.num_cpus_per_engine, num_gpus=rollout_cfg.num_gpus_per_engine,
                 env_vars={**ACTOR_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(rollout_cfg.kv_cache_space_gib)))},
-                call_timeout_s=config.get_timeout_s,
             )
             groups.append(group)
             return group
@@ -199,23 +199,23 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
         parts, ref_parts = [], []
         score_refs: dict[str, list] = {g.name: [] for g in scorer_groups if g is not judge}
         bar = _Bar(progress, len(prompts), "eval: generate", "prompt")
-        with ThreadPoolExecutor(2) as pool:
-            for lo in range(0, len(prompts), config.batch_prompts):
-                chunk = prompts[lo : lo + config.batch_prompts]
-                # seed + lo: prompt i is sampled with seed + i whatever the round size.
-                fut = pool.submit(policy.generate, chunk, n=k, sampling=sampling, seed=config.seed + lo)
-                ref_fut = (pool.submit(reference.generate, chunk, n=1, sampling=sampling, seed=config.seed + lo)
-                           if reference else None)
-                batch: RolloutBatch = fut.result()
-                batch.prompt_index = [lo + i for i in batch.prompt_index]
-                parts.append(batch)
-                handle = ray.put(batch)
-                for g in scorer_groups:
-                    if g is not judge:
-                        score_refs[g.name].append(g.score(handle, len(batch)))
-                if ref_fut is not None:
-                    ref_parts.append(ref_fut.result())
-                bar.update(len(chunk))
+        for lo in range(0, len(prompts), config.batch_prompts):
+            chunk = prompts[lo : lo + config.batch_prompts]
+            # seed + lo: prompt i is sampled with seed + i whatever the round size.
+            generated = policy.generate(chunk, n=k, sampling=sampling, seed=config.seed + lo)
+            ref_generated = (reference.generate(chunk, n=1, sampling=sampling, seed=config.seed + lo)
+                             if reference else None)  # both policies generate at once
+            batch: RolloutBatch = collect(generated, timeout_s=config.get_timeout_s, what="eval: generate")
+            batch.prompt_index = [lo + i for i in batch.prompt_index]
+            parts.append(batch)
+            handle = ray.put(batch)
+            for g in scorer_groups:
+                if g is not judge:
+                    score_refs[g.name].append(g.score(handle, len(batch)))
+            if ref_generated is not None:
+                ref_parts.append(collect(ref_generated, timeout_s=config.get_timeout_s,
+                                         what="eval: generate (reference policy)"))
+            bar.update(len(chunk))
         bar.close()
         rollout = merge_rollouts(parts)
         generate_s = time.perf_counter() - t_gen

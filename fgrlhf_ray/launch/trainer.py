@@ -26,7 +26,7 @@ from fgrlhf_ray.errors import ConfigError, FgrlhfError, RunFailed
 from fgrlhf_ray.infra.metrics import MetricsLogger, truncate_after
 from fgrlhf_ray.launch.placement import ACTOR_ENV, init_ray, placement_groups
 from fgrlhf_ray.launch.runtime import RayRuntime
-from fgrlhf_ray.launch.services import LearnerService, ReferenceService, RolloutService, ScorerService
+from fgrlhf_ray.launch.services import RolloutService
 from fgrlhf_ray.data.prompts import load_prompts
 from fgrlhf_ray.infra.reliability import memory_over_limit
 from fgrlhf_ray.rewards.diagnostics import progress_summary
@@ -69,13 +69,55 @@ class Trainer:
     # -- construction -------------------------------------------------------------------
 
     def build(self) -> PPOController:
+        """Start every actor group and wire them into the controller."""
         import ray
-        from transformers import AutoTokenizer
 
-        from fgrlhf_ray.actors.learner import LearnerGroup
-        from fgrlhf_ray.actors.reference import ReferenceActor
-        from fgrlhf_ray.actors.rollout import RolloutGroup
-        from fgrlhf_ray.actors.scorer import ScorerGroup
+        config = self.config
+        prompts, tokenizer, pad_token_id = self._load_inputs()
+        init_ray(config)
+        rollout_pg, learner_pg = placement_groups(config)
+        ray.get([rollout_pg.ready(), learner_pg.ready()], timeout=config.ray.get_timeout_s)
+        self.placement_groups = [rollout_pg] if rollout_pg is learner_pg else [rollout_pg, learner_pg]
+
+        t0 = time.perf_counter()
+        self.learner = self._start_learner(learner_pg, pad_token_id)
+        self.reference = self._start_reference(pad_token_id)
+        self.scorer_groups, self.audit_judge = self._start_scorers()
+        self.rollout = self._start_rollout(rollout_pg)
+        normalizations = ray.get([g.normalization() for g in self.scorer_groups], timeout=config.ray.get_timeout_s)
+        self.startup_s = time.perf_counter() - t0
+        log.info("placement (actor: node id): %s", json.dumps(self.actor_nodes()))
+        weights = config.effective_reward_weights()
+        specs = [ScorerSpec(name=rm.name, weight=weights[rm.name], mean=mean, std=std)
+                 for rm, (mean, std) in zip(config.reward_models, normalizations)]
+
+        probe_prompt = tokenizer(prompts[0])["input_ids"][: config.data.max_prompt_tokens]
+        probe_response = tokenizer(" The answer is in the passage.", add_special_tokens=False)["input_ids"]
+        run_dir = Path(config.logging.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        self.controller = PPOController(
+            config=config,
+            prompts=prompts,
+            rollout=RolloutService(self.rollout, tokenizer, config.data.max_prompt_tokens),
+            scorers=self.scorer_groups,
+            scorer_specs=specs,
+            reference=self.reference,
+            learner=self.learner,
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            pad_token_id=pad_token_id,
+            runtime=RayRuntime(),
+            metrics=MetricsLogger(run_dir, tensorboard=config.logging.tensorboard),
+            probe=(probe_prompt, probe_response),
+            push_weights=self._weight_pusher(),
+            auditor=(Auditor(config=config.audit, judge=self.audit_judge, seed=config.seed)
+                     if self.audit_judge is not None else None),
+        )
+        return self.controller
+
+    def _load_inputs(self):
+        """Prompts, the policy tokenizer and its pad id; fails fast on missing files (before Ray starts)."""
+        from transformers import AutoTokenizer
 
         config = self.config
         policy_path = config.policy.model_path
@@ -90,14 +132,13 @@ class Trainer:
                 raise ConfigError(f"reward model {rm.name!r}: path {rm.path} does not exist (train it first)")
         tokenizer = AutoTokenizer.from_pretrained(config.policy.tokenizer_path or policy_path)
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return prompts, tokenizer, pad_token_id
 
-        init_ray(config)
-        rollout_pg, learner_pg = placement_groups(config)
-        ray.get([rollout_pg.ready(), learner_pg.ready()], timeout=config.ray.get_timeout_s)
-        self.placement_groups = [rollout_pg] if rollout_pg is learner_pg else [rollout_pg, learner_pg]
+    def _start_learner(self, learner_pg, pad_token_id: int):
+        from fgrlhf_ray.actors.learner import LearnerGroup
 
-        t0 = time.perf_counter()
-        self.learner_group = LearnerGroup(
+        config = self.config
+        return LearnerGroup(
             world_size=config.learner.world_size,
             learner_kwargs=learner_kwargs(config, pad_token_id=pad_token_id),
             placement_group=learner_pg,
@@ -106,32 +147,45 @@ class Trainer:
             num_gpus_per_actor=config.learner.num_gpus_per_rank,
             runtime_env={"env_vars": dict(ACTOR_ENV)},
             setup_timeout_s=config.ray.get_timeout_s,
+            sync_dtype=config.policy.dtype,
         )
-        self.learner = LearnerService(self.learner_group, sync_dtype=config.policy.dtype)
+
+    def _start_reference(self, pad_token_id: int):
+        from fgrlhf_ray.actors.reference import ReferenceGroup
+
+        config = self.config
         # Ray restarts crashed actors (max_restarts) without re-running their tasks: the
         # controller retries the phase itself (ray.phase_retries), logging each fault.
-        spawn_reference = lambda: ReferenceActor.options(  # noqa: E731
-            num_cpus=1, max_restarts=config.ray.max_restarts, max_task_retries=0,
-            runtime_env={"env_vars": dict(ACTOR_ENV)},
-        ).remote(num_threads=1, model_path=policy_path, dtype=config.policy.dtype,
-                 micro_batch_size=config.learner.micro_batch_size, pad_token_id=pad_token_id)
-        self.reference = ReferenceService(spawn_reference(), spawn=spawn_reference,
-                                          recover_timeout_s=config.ray.get_timeout_s)
-        self.scorer_groups = [
-            ScorerGroup(config=rm, max_restarts=config.ray.max_restarts, resources=config.ray.scorer_resources)
-            for rm in config.reward_models
-        ]
-        self.audit_judge = None
+        return ReferenceGroup(
+            options=dict(num_cpus=1, max_restarts=config.ray.max_restarts, max_task_retries=0,
+                         runtime_env={"env_vars": dict(ACTOR_ENV)}),
+            num_threads=1, model_path=config.policy.model_path, dtype=config.policy.dtype,
+            micro_batch_size=config.learner.micro_batch_size, pad_token_id=pad_token_id,
+        )
+
+    def _start_scorers(self):
+        """One `ScorerGroup` per reward model, and the audit judge if configured."""
+        from fgrlhf_ray.actors.scorer import ScorerGroup
+
+        config = self.config
+        groups = [ScorerGroup(config=rm, max_restarts=config.ray.max_restarts, resources=config.ray.scorer_resources)
+                  for rm in config.reward_models]
+        judge = None
         if config.audit.judge is not None:
             from fgrlhf_ray.actors.audit import AuditJudge
 
-            self.audit_judge = AuditJudge(config=config.audit.judge, max_restarts=config.ray.max_restarts,
-                                          resources=config.ray.scorer_resources)
-        rollout = config.rollout
-        self.rollout = RolloutGroup(
+            judge = AuditJudge(config=config.audit.judge, max_restarts=config.ray.max_restarts,
+                               resources=config.ray.scorer_resources)
+        return groups, judge
+
+    def _start_rollout(self, rollout_pg):
+        from fgrlhf_ray.actors.rollout import RolloutGroup
+
+        config, rollout = self.config, self.config.rollout
+        return RolloutGroup(
             num_engines=rollout.num_engines,
             engine_kwargs=dict(
-                model_path=policy_path, tokenizer_path=config.policy.tokenizer_path,
+                model_path=config.policy.model_path, tokenizer_path=config.policy.tokenizer_path,
                 tensor_parallel_size=rollout.tensor_parallel_size,
                 gpu_memory_utilization=rollout.gpu_memory_utilization,
                 kv_cache_space_gib=rollout.kv_cache_space_gib, dtype=config.policy.dtype, seed=config.seed,
@@ -141,51 +195,23 @@ class Trainer:
             num_cpus=rollout.num_cpus_per_engine,
             num_gpus=rollout.num_gpus_per_engine,
             env_vars={**ACTOR_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(rollout.kv_cache_space_gib)))},
-            call_timeout_s=config.ray.get_timeout_s,
+            startup_timeout_s=config.ray.get_timeout_s,
             max_restarts=config.ray.max_restarts,
         )
-        normalizations = ray.get([g.normalization() for g in self.scorer_groups], timeout=config.ray.get_timeout_s)
-        self.startup_s = time.perf_counter() - t0
-        log.info("placement (actor: node id): %s", json.dumps(self.actor_nodes()))
-        weights = config.effective_reward_weights()
-        specs = [ScorerSpec(name=rm.name, weight=weights[rm.name], mean=mean, std=std)
-                 for rm, (mean, std) in zip(config.reward_models, normalizations)]
 
-        push_weights = None
-        if config.learner.weight_sync == "broadcast":
-            from fgrlhf_ray.actors.weight_broadcast import BroadcastWeightSync
+    def _weight_pusher(self):
+        """The broadcast sync's `push` for `learner.weight_sync: broadcast`; None: through the object store."""
+        config = self.config
+        if config.learner.weight_sync != "broadcast":
+            return None
+        from fgrlhf_ray.actors.weight_broadcast import BroadcastWeightSync
 
-            self.weight_broadcast = BroadcastWeightSync(
-                self.learner_group, self.rollout, backend=config.learner.weight_broadcast_backend(),
-                bucket_bytes=int(config.learner.broadcast_bucket_mb * 1024**2),
-                timeout_s=config.learner.broadcast_timeout_s, dtype=config.policy.dtype,
-            )
-            push_weights = self.weight_broadcast.push
-
-        probe_prompt = tokenizer(prompts[0])["input_ids"][: config.data.max_prompt_tokens]
-        probe_response = tokenizer(" The answer is in the passage.", add_special_tokens=False)["input_ids"]
-        run_dir = Path(config.logging.dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(config))
-        self.controller = PPOController(
-            config=config,
-            prompts=prompts,
-            rollout=RolloutService(self.rollout, tokenizer, config.data.max_prompt_tokens,
-                                   generate_timeout_s=config.ray.phase_timeouts.get("generate")),
-            scorers=[ScorerService(g) for g in self.scorer_groups],
-            scorer_specs=specs,
-            reference=self.reference,
-            learner=self.learner,
-            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-            pad_token_id=pad_token_id,
-            runtime=RayRuntime(),
-            metrics=MetricsLogger(run_dir, tensorboard=config.logging.tensorboard),
-            probe=(probe_prompt, probe_response),
-            push_weights=push_weights,
-            auditor=(Auditor(config=config.audit, judge=self.audit_judge, seed=config.seed)
-                     if self.audit_judge is not None else None),
+        self.weight_broadcast = BroadcastWeightSync(
+            self.learner, self.rollout, backend=config.learner.weight_broadcast_backend(),
+            bucket_bytes=int(config.learner.broadcast_bucket_mb * 1024**2),
+            timeout_s=config.learner.broadcast_timeout_s, dtype=config.policy.dtype,
         )
-        return self.controller
+        return self.weight_broadcast.push
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -231,7 +257,9 @@ class Trainer:
 
     def restore(self, target: Path) -> int:
         """Load learner and controller state from `target`; returns its step."""
-        self.learner.load_checkpoint(str(target), timeout_s=self.controller.phase_timeout("checkpoint"))
+        import ray
+
+        ray.get(self.learner.load_checkpoint(str(target)), timeout=self.controller.phase_timeout("checkpoint"))
         self.controller.load_state_dict(json.loads((target / "controller.json").read_text()))
         # The engines still hold the initial policy: bring them to the checkpoint's weights.
         self.controller.sync_weights({})
@@ -324,7 +352,7 @@ class Trainer:
         handles["reference"] = self.reference.actor
         if getattr(self, "audit_judge", None) is not None:
             handles["audit"] = self.audit_judge.actor
-        handles.update({f"learner/{i}": a for i, a in enumerate(self.learner_group.actors)})
+        handles.update({f"learner/{i}": a for i, a in enumerate(self.learner.actors)})
         return handles
 
     def actor_nodes(self) -> dict[str, str | None]:
@@ -370,7 +398,7 @@ class Trainer:
     def shutdown(self) -> None:
         import ray
 
-        for name in ("rollout", "learner_group"):
+        for name in ("rollout", "learner"):
             group = getattr(self, name, None)
             if group is not None:
                 group.shutdown()

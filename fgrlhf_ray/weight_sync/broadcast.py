@@ -98,10 +98,10 @@ class NcclWeightBroadcaster:
     Usage (controller):
         b = NcclWeightBroadcaster(host=..., port=..., world_size=1 + total_vllm_workers,
                                   backend="nccl", bucket_bytes=256 << 20, timeout_s=120)
-        refs = rollout_group.init_weight_broadcast_async(host, port, backend, timeout_s)
+        refs = rollout_group.init_weight_broadcast(host, port, backend, timeout_s)
         b.connect(); ray.get(refs)                 # both sides join concurrently
         plan = b.plan(state_dict)                  # once per step (cheap metadata)
-        refs = rollout_group.receive_weight_broadcast_async(plan)
+        refs = rollout_group.receive_weight_broadcast(plan)
         b.broadcast(state_dict, plan); ray.get(refs)
 
     `broadcast` sends buckets in plan order; each wait is bounded by `timeout_s` and

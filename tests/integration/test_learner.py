@@ -112,7 +112,7 @@ def test_zero0_logprobs_match_transformers_and_train_step_moves_weights(tiny_lla
     ref_lp_ref = reference.logprobs.remote(rollout_ref)  # starts alongside the learner
     group = group_factory(world_size=1, learner_kwargs=learner_kwargs(tiny_llama_dir, zero_stage=0))
 
-    old_lp, old_v = group.compute_logprobs_and_values(rollout_ref)
+    old_lp, old_v = ray.get(group.logprobs_and_values(rollout_ref))
     pr = pad_rollout(rollout, pad_token_id=PAD)
     assert old_lp.shape == old_v.shape == pr.action_mask.shape
 
@@ -131,19 +131,19 @@ def test_zero0_logprobs_match_transformers_and_train_step_moves_weights(tiny_lla
     torch.testing.assert_close(ray.get(ref_lp_ref), old_lp, atol=1e-6, rtol=0)
     ray.kill(reference)
 
-    before = group.state_dict_for_sync()
-    stats = group.train(ray.put(make_experience(rollout, old_lp, old_v)))
+    before = ray.get(group.state_dict_for_sync())
+    stats = ray.get(group.train(ray.put(make_experience(rollout, old_lp, old_v))))
     assert_finite_stats(stats)
     assert stats["optimizer_steps"] == 2 * (B // 4)  # ppo_epochs × B / minibatch_size
-    after = group.state_dict_for_sync()
+    after = ray.get(group.state_dict_for_sync())
     assert set(after) == set(before)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) >= len(before) - 2, f"only {changed} changed"  # norms may barely move
-    new_lp, new_v = group.compute_logprobs_and_values(rollout_ref)
+    new_lp, new_v = ray.get(group.logprobs_and_values(rollout_ref))
     assert not torch.allclose(new_lp, old_lp)
     assert torch.count_nonzero(new_v) > 0
     # The learner's probe equals its batched logprobs for the same sequence.
-    probe = group.probe_logprobs(rollout.prompt_ids[0], rollout.response_ids[0])
+    probe = ray.get(group.probe_logprobs(rollout.prompt_ids[0], rollout.response_ids[0]))
     torch.testing.assert_close(torch.tensor(probe), new_lp[0, : len(rollout.response_ids[0])], atol=1e-4, rtol=0)
 
 
@@ -153,14 +153,14 @@ def test_zero0_logprobs_match_transformers_and_train_step_moves_weights(tiny_lla
 def test_two_zero2_ranks_hold_identical_parameters_after_two_steps(tiny_llama_dir, group_factory):
     rollout = make_rollout(vocab_of(tiny_llama_dir), seed=1)
     group = group_factory(world_size=2, learner_kwargs=learner_kwargs(tiny_llama_dir, zero_stage=2))
-    initial = group.param_fingerprints()
+    initial = ray.get(group.param_fingerprints())
     assert initial[0] == initial[1]
     for step in range(2):
-        old_lp, old_v = group.compute_logprobs_and_values(ray.put(rollout))
-        stats = group.train(ray.put(make_experience(rollout, old_lp, old_v, seed=step)))
+        old_lp, old_v = ray.get(group.logprobs_and_values(ray.put(rollout)))
+        stats = ray.get(group.train(ray.put(make_experience(rollout, old_lp, old_v, seed=step))))
         assert_finite_stats(stats)
         assert stats["optimizer_steps"] == 2 * (B // 4)  # each step all-reduces over both ranks
-    final = group.param_fingerprints()
+    final = ray.get(group.param_fingerprints())
     assert final[0] == final[1], "ranks diverged: gradients were not averaged identically"
     assert final[0] != initial[0]
 
@@ -174,39 +174,39 @@ def test_zero3_gathers_full_hf_weights(tiny_llama_dir, group_factory):
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
     hf_sd = hf.state_dict()
 
-    synced = group.state_dict_for_sync()
+    synced = ray.get(group.state_dict_for_sync())
     assert {k: tuple(v.shape) for k, v in synced.items()} == {k: tuple(v.shape) for k, v in hf_sd.items()}
     for k in hf_sd:
         assert torch.equal(synced[k], hf_sd[k]), k
 
-    old_lp, old_v = group.compute_logprobs_and_values(ray.put(rollout))
+    old_lp, old_v = ray.get(group.logprobs_and_values(ray.put(rollout)))
     torch.testing.assert_close(old_lp, hf_logprobs(hf, rollout), atol=1e-5, rtol=0)
-    stats = group.train(ray.put(make_experience(rollout, old_lp, old_v)))
+    stats = ray.get(group.train(ray.put(make_experience(rollout, old_lp, old_v))))
     assert_finite_stats(stats)
 
     # The gathered weights are the trained ones: a plain HF model loading them
     # reproduces the sharded learner's logprobs.
     from fgrlhf_ray.weight_sync import deserialize_state_dict
 
-    trained = deserialize_state_dict(ray.get(group.serialized_weights_ref()))
+    trained = deserialize_state_dict(ray.get(group.weights()))
     assert any(not torch.equal(trained[k], hf_sd[k]) for k in hf_sd)
     hf.load_state_dict(trained)
-    new_lp, _ = group.compute_logprobs_and_values(ray.put(rollout))
+    new_lp, _ = ray.get(group.logprobs_and_values(ray.put(rollout)))
     torch.testing.assert_close(hf_logprobs(hf, rollout), new_lp, atol=1e-5, rtol=0)
 
     # The bucketed broadcast path ("nccl" weight sync, here over gloo) delivers the same
     # gathered weights to a receiver standing in for a vLLM worker.
-    host, port = group.weight_broadcast_address()
+    host, port = ray.get(group.weight_broadcast_address())
     receiver = BroadcastReceiver.remote()
     joined = receiver.join.remote(host=host, port=port, world_size=2)
-    ray.get([group.init_weight_broadcast_async(host=host, port=port, world_size=2, backend="gloo",
+    ray.get([group.init_weight_broadcast(host=host, port=port, world_size=2, backend="gloo",
                                                bucket_bytes=64 * 1024, timeout_s=60), joined])
-    plan = group.prepare_weight_broadcast()
+    plan = ray.get(group.prepare_weight_broadcast())
     assert len(plan) > 1  # several buckets
     received_ref = receiver.receive.remote(plan)
-    stats = ray.get(group.broadcast_weights_async(plan))
+    stats = ray.get(group.broadcast_weights(plan))
     received = ray.get(received_ref)
-    group.close_weight_broadcast()
+    ray.get(group.close_weight_broadcast())
     assert stats["sync/buckets"] == len(plan)
     assert set(received) == set(trained)
     for k in trained:
@@ -237,23 +237,23 @@ def test_checkpoint_roundtrip_restores_weights_and_optimizer(tiny_llama_dir, gro
     rollout_ref = ray.put(rollout)
     kwargs = learner_kwargs(tiny_llama_dir, zero_stage=2)
     first = group_factory(world_size=1, learner_kwargs=kwargs)
-    old_lp, old_v = first.compute_logprobs_and_values(rollout_ref)
-    first.train(ray.put(make_experience(rollout, old_lp, old_v)))
-    saved_lp, saved_v = first.compute_logprobs_and_values(rollout_ref)
-    first.save_checkpoint(str(tmp_path / "ckpt"))
+    old_lp, old_v = ray.get(first.logprobs_and_values(rollout_ref))
+    ray.get(first.train(ray.put(make_experience(rollout, old_lp, old_v))))
+    saved_lp, saved_v = ray.get(first.logprobs_and_values(rollout_ref))
+    ray.get(first.save_checkpoint(str(tmp_path / "ckpt")))
 
     second = group_factory(world_size=1, learner_kwargs=kwargs)  # fresh: starts from the SFT weights
-    second.load_checkpoint(str(tmp_path / "ckpt"))
-    loaded_lp, loaded_v = second.compute_logprobs_and_values(rollout_ref)
+    ray.get(second.load_checkpoint(str(tmp_path / "ckpt")))
+    loaded_lp, loaded_v = ray.get(second.logprobs_and_values(rollout_ref))
     assert torch.equal(loaded_lp, saved_lp)
     assert torch.equal(loaded_v, saved_v)
 
     # Same next step on both: the optimizer moments and the shuffling state were restored.
     exp_ref = ray.put(make_experience(rollout, saved_lp, saved_v, seed=9))
-    s1, s2 = first.train(exp_ref), second.train(exp_ref)
+    s1, s2 = ray.get(first.train(exp_ref)), ray.get(second.train(exp_ref))
     for key in ("policy_loss", "value_loss", "grad_norm", "critic_grad_norm"):
         assert s1[key] == pytest.approx(s2[key], rel=1e-6, abs=1e-7), key
-    p1, p2 = first.state_dict_for_sync(), second.state_dict_for_sync()
+    p1, p2 = ray.get(first.state_dict_for_sync()), ray.get(second.state_dict_for_sync())
     for k in p1:
         torch.testing.assert_close(p1[k], p2[k], atol=1e-6, rtol=0, msg=k)
 
@@ -272,14 +272,14 @@ def test_lora_zero3_syncs_merged_weights(tiny_llama_dir, group_factory):
     rollout = make_rollout(vocab_of(tiny_llama_dir), seed=4)
     lora = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
     group = group_factory(world_size=1, learner_kwargs=learner_kwargs(tiny_llama_dir, zero_stage=3, lora=lora))
-    before = group.state_dict_for_sync()
-    old_lp, old_v = group.compute_logprobs_and_values(ray.put(rollout))
-    group.train(ray.put(make_experience(rollout, old_lp, old_v)))
-    after = group.state_dict_for_sync()
+    before = ray.get(group.state_dict_for_sync())
+    old_lp, old_v = ray.get(group.logprobs_and_values(ray.put(rollout)))
+    ray.get(group.train(ray.put(make_experience(rollout, old_lp, old_v))))
+    after = ray.get(group.state_dict_for_sync())
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
     assert set(after) == set(hf.state_dict())
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
     hf.load_state_dict(after)
-    new_lp, _ = group.compute_logprobs_and_values(ray.put(rollout))
+    new_lp, _ = ray.get(group.logprobs_and_values(ray.put(rollout)))
     torch.testing.assert_close(hf_logprobs(hf, rollout), new_lp, atol=1e-4, rtol=0)

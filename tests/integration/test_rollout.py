@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 
 import pytest
 import torch
@@ -25,10 +26,16 @@ from fgrlhf_ray.actors.rollout import RolloutGroup  # noqa: E402
 from fgrlhf_ray.weight_sync import (  # noqa: E402
     NcclWeightBroadcaster,
     ProbeGapError,
+    check_probe_gap,
     serialize_state_dict,
 )
 
 TOL = 1e-3
+
+
+def check_sync(group, learner_logprobs, prompt_ids, response_ids) -> float:
+    """Max over the engines of the probe gap; raises `ProbeGapError` past TOL (as the controller does)."""
+    return max(check_probe_gap(learner_logprobs, lp, TOL) for lp in ray.get(group.probe(prompt_ids, response_ids)))
 
 
 def engine_kwargs(model_path) -> dict:
@@ -58,7 +65,6 @@ class _Engines:
                 engine_kwargs=engine_kwargs(model_path),
                 num_cpus=1,
                 startup_timeout_s=600,
-                call_timeout_s=600,
             )
             self.key = key
         return self.group
@@ -117,9 +123,9 @@ def test_generate_two_engines_shapes_logprobs_text(engines, tiny_llama_dir):
 
     group = engines.get(tiny_llama_dir, num_engines=2)
     n, max_new = 3, 24
-    batch = group.generate(
+    batch = ray.get(group.generate(
         PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new, seed=123
-    )
+    ))
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
     B = len(PROMPTS) * n
     assert len(batch) == B
@@ -149,9 +155,9 @@ def test_generate_two_engines_shapes_logprobs_text(engines, tiny_llama_dir):
     # n samples of one prompt are different draws (a 512-token vocab at temperature 1).
     assert len({tuple(batch.response_ids[b]) for b in range(n)}) > 1
     # Seeded sampling is reproducible (seed + global prompt index per prompt).
-    again = group.generate(
+    again = ray.get(group.generate(
         PROMPTS, n=n, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new, seed=123
-    )
+    ))
     assert again.response_ids == batch.response_ids
     # Sampled logprobs are the model's raw log-softmax (temperature-free): they must
     # match transformers on the sampled sequence.
@@ -162,7 +168,7 @@ def test_generate_two_engines_shapes_logprobs_text(engines, tiny_llama_dir):
 
 
 def _probe_sequence(group: RolloutGroup) -> tuple[list[int], list[int]]:
-    b = group.generate(PROMPTS[:1], n=1, temperature=1.0, top_k=0, max_new_tokens=32, seed=7)
+    b = ray.get(group.generate(PROMPTS[:1], n=1, temperature=1.0, top_k=0, max_new_tokens=32, seed=7))
     return b.prompt_ids[0], b.response_ids[0]
 
 
@@ -172,7 +178,8 @@ def test_seeded_sampling_of_many_long_prompts_is_reproducible(engines, tiny_llam
     does not use offset"); the engine disables chunked prefill on CPU, and the samples repeat."""
     group = engines.get(tiny_llama_dir, num_engines=2)
     prompt_ids = [[5 + (i * 7 + j) % 400 for j in range(230)] for i in range(144)]
-    runs = [group.generate(["x"] * 144, prompt_ids=prompt_ids, n=2, max_new_tokens=16, temperature=1.0, seed=11)
+    runs = [ray.get(group.generate(["x"] * 144, prompt_ids=prompt_ids, n=2, max_new_tokens=16, temperature=1.0,
+                                   seed=11))
             for _ in range(2)]
     assert len(runs[0].response_ids) == 288
     assert runs[0].response_ids == runs[1].response_ids
@@ -183,21 +190,23 @@ def test_object_store_sync_matches_transformers(engines, tiny_llama_dir):
     model = hf_model(tiny_llama_dir)
     p_ids, r_ids = _probe_sequence(group)
     before = hf_logprobs(model, p_ids, r_ids)
-    for lp in group.probe(p_ids, r_ids):  # engines start from the same checkpoint
+    for lp in ray.get(group.probe(p_ids, r_ids)):  # engines start from the same checkpoint
         assert max_gap(before, lp) < TOL
 
     perturb_(model, seed=1)
     learner = hf_logprobs(model, p_ids, r_ids)
     assert max_gap(before, learner) > 0.05  # the "update" really changed the policy
     with pytest.raises(ProbeGapError):  # stale engines are caught by the check
-        group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+        check_sync(group, learner, p_ids, r_ids)
 
     blob = serialize_state_dict(model.state_dict(), tie_word_embeddings=False)
-    stats = group.sync_weights(ray.put(blob))  # as a learner actor would hand it over
+    started = time.perf_counter()
+    stats = ray.get(group.sync_weights(ray.put(blob)))  # as a learner actor would hand it over
+    sync_s = time.perf_counter() - started
     assert stats["sync/num_tensors"] == len(model.state_dict())
-    gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+    gap = check_sync(group, learner, p_ids, r_ids)
     print(
-        f"\n[measure] object-store sync {stats['sync/total_s']:.3f}s, "
+        f"\n[measure] object-store sync {sync_s:.3f}s, "
         f"{len(blob) / 2**20:.2f} MiB, probe gap {gap:.2e}"
     )
 
@@ -226,18 +235,18 @@ def test_bucketed_broadcast_sync_over_gloo(engines, tiny_llama_dir):
         bucket_bytes=256 * 1024,
         timeout_s=120,
     )
-    joins = group.init_weight_broadcast_async(
+    joins = group.init_weight_broadcast(
         host="127.0.0.1", port=port, backend="gloo", timeout_s=120
     )
     sender.connect()
     ray.get(joins, timeout=180)
     plan = sender.plan(model.state_dict())
     assert len(plan) > 1  # really bucketed
-    recv = group.receive_weight_broadcast_async(plan)
+    recv = group.receive_weight_broadcast(plan)
     stats = sender.broadcast(model.state_dict(), plan)
     counts = ray.get(recv, timeout=180)
     assert counts == [len(model.state_dict())] * 2
-    gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+    gap = check_sync(group, learner, p_ids, r_ids)
     print(
         f"\n[measure] gloo bucketed broadcast {stats['sync/broadcast_s']:.3f}s in "
         f"{int(stats['sync/buckets'])} buckets, probe gap {gap:.2e}"
@@ -295,19 +304,19 @@ class _SenderGroup:
         self.actor = actor
 
     def weight_broadcast_address(self):
-        return ray.get(self.actor.address.remote())
+        return self.actor.address.remote()
 
-    def init_weight_broadcast_async(self, *, host, port, world_size, backend, bucket_bytes, timeout_s, dtype):
+    def init_weight_broadcast(self, *, host, port, world_size, backend, bucket_bytes, timeout_s, dtype):
         return self.actor.init.remote(host=host, port=port, world_size=world_size, backend=backend,
                                       bucket_bytes=bucket_bytes, timeout_s=timeout_s)
 
-    def prepare_weight_broadcast(self, *, timeout_s):
-        return ray.get(self.actor.plan.remote(), timeout=timeout_s)
+    def prepare_weight_broadcast(self):
+        return self.actor.plan.remote()
 
-    def broadcast_weights_async(self, plan):
+    def broadcast_weights(self, plan):
         return self.actor.broadcast.remote(plan)
 
-    def close_weight_broadcast_async(self):
+    def close_weight_broadcast(self):
         return self.actor.close.remote()
 
 
@@ -330,10 +339,10 @@ def test_broadcast_sync_reforms_the_group_when_an_engine_left_it(engines, tiny_l
         stats = sync.push()
         assert stats["sync/group_formed"] == formed, (seed, stats)
         assert stats["sync/buckets"] > 1 and stats["sync/num_tensors"] > 0
-        gaps.append(group.check_sync(ray.get(actor.logprobs.remote(p_ids, r_ids)), p_ids, r_ids, tolerance=TOL))
+        gaps.append(check_sync(group, ray.get(actor.logprobs.remote(p_ids, r_ids)), p_ids, r_ids))
     assert sync.formations == 2
     assert group.weights_version == version + 3  # engines accept generate calls at the new version
-    group.generate(["Numbers: 0 1 2"], n=1, max_new_tokens=4, temperature=0.0)
+    ray.get(group.generate(["Numbers: 0 1 2"], n=1, max_new_tokens=4, temperature=0.0))
     sync.close()
     print(f"\n[measure] broadcast sync pushes (gloo, 2 engines): probe gaps {[f'{g:.1e}' for g in gaps]}")
 
@@ -349,21 +358,21 @@ def test_tied_embeddings_sync_and_the_missing_lm_head_trap(engines, tiny_llama_t
     assert model.config.tie_word_embeddings
     p_ids, r_ids = _probe_sequence(group)
     before = hf_logprobs(model, p_ids, r_ids)
-    assert max_gap(before, group.probe(p_ids, r_ids)[0]) < TOL
+    assert max_gap(before, ray.get(group.probe(p_ids, r_ids))[0]) < TOL
 
     perturb_(model, seed=3, std=0.01)
     learner = hf_logprobs(model, p_ids, r_ids)
     assert max_gap(before, learner) > 0.05
     # The learner's state dict as DeepSpeed/PEFT often hand it over: tied key dropped.
     sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    group.sync_weights(sd, tie_word_embeddings=True)
-    gap = group.check_sync(learner, p_ids, r_ids, tolerance=TOL)
+    ray.get(group.sync_weights(sd, tie_word_embeddings=True))
+    gap = check_sync(group, learner, p_ids, r_ids)
 
     # The trap, demonstrated: send the next update WITHOUT lm_head.weight.
     perturb_(model, seed=4, std=0.01)
     learner2 = hf_logprobs(model, p_ids, r_ids)
     raw = {k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    group.sync_weights(save(raw))
+    ray.get(group.sync_weights(save(raw)))
     with pytest.raises(ProbeGapError):
-        group.check_sync(learner2, p_ids, r_ids, tolerance=TOL)
+        check_sync(group, learner2, p_ids, r_ids)
     print(f"\n[measure] tied sync probe gap {gap:.2e}")
