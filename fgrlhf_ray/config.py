@@ -108,6 +108,12 @@ class RolloutConfig(StrictModel):
     enforce_eager: bool = True
     """Skip graph capture / compilation: faster start-up, slower steady state."""
 
+    async_steps: Literal[0, 1] = 0
+    """0: each step generates, then scores and learns. 1 (one step off): while the learner trains on
+    step k, the engines already sample step k+1 from the weights before step k's update; the PPO
+    ratio uses the learner's recomputed logprobs, `rollout/staleness` logs the lag, and a checkpoint
+    keeps the in-flight batch's prompts so a resume samples them again."""
+
     num_cpus_per_engine: float = Field(1.0, ge=0.0)
     """CPUs reserved for each engine actor."""
 
@@ -268,7 +274,19 @@ class PPOConfig(StrictModel):
     """Divide per-token rewards by their std over the batch, mean kept (paper A)."""
 
     whiten_advantages: bool = True
-    """Whiten advantages over valid tokens (paper A)."""
+    """Whiten advantages over valid tokens (paper A; `gae` only: the others normalise themselves)."""
+
+    advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = "gae"
+    """`gae`: GAE with a critic (paper A). Critic-free, over the dense rewards (no critic is started):
+    `grpo` (DeepSeekMath's process supervision: every segment reward normalised over its prompt's
+    samples, a token's advantage = the sum of normalised rewards at or after it), `dr_grpo` (the same,
+    centred but not divided by the group's std), `rloo` (returns-to-go minus the leave-one-out mean of
+    the prompt's other samples), `reinforce_pp` (REINFORCE++: returns-to-go, whitened over the batch).
+    grpo, dr_grpo and rloo need rollout.sampling.n_samples_per_prompt >= 2 (fgrlhf_ray.algo.estimators)."""
+
+    kl_in: Literal["reward", "loss"] = "reward"
+    """Where the KL to the reference enters: `reward` (−β·KL in every token's reward, paper A) or
+    `loss` (β · k3 KL added to the policy loss, as GRPO does; needs kl_controller 'fixed')."""
 
     lr: float = Field(1e-5, gt=0.0)
     """Policy Adam learning rate (paper A: 1e-5)."""
@@ -281,6 +299,12 @@ class PPOConfig(StrictModel):
 
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Gradient clipping norm."""
+
+
+# Estimators whose baseline comes from the other samples of the same prompt (the same tuple
+# as fgrlhf_ray.algo.estimators.GROUP_ESTIMATORS, kept here so config stays torch-free; a test
+# checks they agree).
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
 
 
 # -------------------------------------------------------------------------- learner
@@ -622,6 +646,20 @@ class RunConfig(StrictModel):
             # cannot hold two ranks on the same device.
             raise ValueError("learner.weight_sync 'broadcast' over NCCL needs ray.placement 'separate' "
                              "(colocated ranks share a GPU); use weight_sync 'object_store' when colocating")
+        return self
+
+    @model_validator(mode="after")
+    def _check_estimator(self) -> "RunConfig":
+        n = self.rollout.sampling.n_samples_per_prompt
+        if self.ppo.advantage_estimator in GROUP_ESTIMATORS and n < 2:
+            raise ValueError(
+                f"ppo.advantage_estimator {self.ppo.advantage_estimator!r} compares the samples of one prompt "
+                f"with each other and needs rollout.sampling.n_samples_per_prompt >= 2, got {n}; raise it "
+                f"(4-8 is usual) or choose 'gae' or 'reinforce_pp', which work with one sample per prompt"
+            )
+        if self.ppo.kl_in == "loss" and self.ppo.kl_controller != "fixed":
+            raise ValueError("ppo.kl_in 'loss' needs ppo.kl_controller 'fixed' (the KL term's β is the learner's "
+                             "constant ppo.kl_coef); use kl_in 'reward' with the adaptive controller")
         return self
 
     def effective_reward_weights(self) -> dict[str, float]:

@@ -15,13 +15,20 @@ logits at column P + t − 1 predict it (see :func:`gather_response_logprobs`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from fgrlhf_ray.algo.advantages import compute_gae, scale_rewards_by_std, whiten
+from fgrlhf_ray.algo.estimators import compute_advantages
+from fgrlhf_ray.algo.kl import kl_penalty
 from fgrlhf_ray.algo.losses import logprobs_from_logits
+from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards, total_token_rewards
+from fgrlhf_ray.types import Experience
 
-__all__ = ["PaddedRollout", "pad_rollout", "position_ids_from_attention_mask", "gather_response_logprobs"]
+__all__ = ["PaddedRollout", "pad_rollout", "position_ids_from_attention_mask", "gather_response_logprobs",
+           "assemble_experience"]
 
 
 @dataclass
@@ -164,3 +171,73 @@ def gather_response_logprobs(
     if temperature != 1.0:
         resp_logits = resp_logits / temperature
     return logprobs_from_logits(resp_logits, sequences[:, P:])
+
+
+def assemble_experience(
+    *,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    action_mask: torch.Tensor,
+    token_offsets: Sequence[Sequence[tuple[int, int]]],
+    scorer_outputs: Sequence[ScorerOutput],
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    old_values: torch.Tensor | None,
+    kl_coef: float,
+    kl_estimator: str,
+    gamma: float,
+    lam: float,
+    scale_rewards: bool,
+    whiten_advantages: bool,
+    estimator: str = "gae",
+    group_ids: torch.Tensor | None = None,
+    kl_in: str = "reward",
+) -> tuple[Experience, dict[str, float]]:
+    """From scorer verdicts and model outputs to a PPO `Experience` (pure function).
+
+    Shapes: `sequences`, `attention_mask` (B, P+T); `action_mask`, `old_logprobs`,
+    `ref_logprobs`, `old_values` (B, T); `token_offsets[i]` has one (start, end) per real
+    response token of sample i; `group_ids` (B,) the prompt each sample answers.
+
+        scores_t  = Σ_rm w_rm (v − μ_rm)/σ_rm   at each segment's last token   (place_segment_rewards)
+        r_t       = scores_t − β·KL_t    (β·KL only with kl_in "reward")        (total_token_rewards)
+      gae (critic):
+        r_t      ← r_t / std(r) (mean kept)     if scale_rewards               (paper A)
+        A, R      = GAE(r, V_old; γ, λ);  A ← whiten(A) if whiten_advantages
+      grpo / dr_grpo / rloo / reinforce_pp (no critic: `old_values` None, returns None):
+        A         = compute_advantages(estimator, scores, KL_t, β, group_ids)  (algo.estimators)
+
+    The critic-free estimators see the RM scores and the KL separately: they normalise the
+    scores over each prompt's group (or the batch) and add the KL as its own term, so the
+    dense segment rewards keep their positions (see `fgrlhf_ray.algo.estimators`).
+    """
+    mask = action_mask
+    scores, _, score_stats = place_segment_rewards(scorer_outputs, token_offsets=token_offsets, action_mask=mask)
+    beta = kl_coef if kl_in == "reward" else 0.0  # kl_in "loss": the learner adds β·KL to the loss
+    rewards, kl_stats = total_token_rewards(scores, old_logprobs, ref_logprobs, mask, beta, kl_estimator)
+    if estimator == "gae":
+        if scale_rewards:
+            rewards = scale_rewards_by_std(rewards, mask)
+        advantages, returns = compute_gae(rewards, old_values, mask, gamma, lam)
+        if whiten_advantages:
+            advantages = whiten(advantages, mask, shift_mean=True)
+        estimator_stats: dict[str, float] = {}
+    else:
+        kl = kl_penalty(old_logprobs, ref_logprobs, mask, estimator=kl_estimator) if beta else None
+        advantages, returns, estimator_stats = compute_advantages(
+            estimator, scores=scores, mask=mask, group_ids=group_ids, kl=kl, kl_coef=beta, gamma=gamma)
+        old_values = None
+    experience = Experience(
+        sequences=sequences,
+        attention_mask=attention_mask,
+        action_mask=mask,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        old_values=old_values,
+        rewards=rewards,
+        advantages=advantages,
+        returns=returns,
+    )
+    stats = {**score_stats, **kl_stats, **estimator_stats}
+    stats["reward/total_mean"] = stats.pop("score")
+    return experience, stats

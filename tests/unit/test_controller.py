@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fgrlhf_ray.config import RunConfig
-from fgrlhf_ray.control.controller import PPOController, ScorerSpec, WeightSyncError, assemble_experience
+from fgrlhf_ray.algo.experience import assemble_experience
+from fgrlhf_ray.control.controller import PPOController, ScorerSpec, WeightSyncError
 from fgrlhf_ray.infra.metrics import MetricsLogger, read_metrics
 from fgrlhf_ray.types import RolloutBatch, Segment, SegmentRewards
 
