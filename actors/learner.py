@@ -57,8 +57,10 @@ def split_batch(batch: Any, num_shards: int, *, pad_token_id: int) -> list[Any]:
     n = B // num_shards
     if isinstance(batch, Experience):
         fields = [f.name for f in dataclasses.fields(Experience)]
-        return [
-            Experience(**{f: getattr(batch, f)[r * n : (r + 1) * n] for f in fields}) for r in range(num_shards)
+        return [  # (old_values / returns are None for the critic-free estimators)
+            Experience(**{f: None if getattr(batch, f) is None else getattr(batch, f)[r * n : (r + 1) * n]
+                          for f in fields})
+            for r in range(num_shards)
         ]
     fb = as_forward_batch(batch, pad_token_id=pad_token_id)
     return [
@@ -78,9 +80,10 @@ def shard_batch(batch: Any, num_shards: int, pad_token_id: int):
     return shards[0] if num_shards == 1 else tuple(shards)
 
 
-def concat_logprobs_and_values(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-rank (logprobs (b, T), values (b, T)) → (B, T), (B, T) in rank order."""
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+def concat_logprobs_and_values(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple:
+    """Per-rank (logprobs (b, T), values (b, T) or None without a critic) → (B, T), (B, T) or None."""
+    values = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+    return torch.cat([p[0] for p in parts]), values
 
 
 # --------------------------------------------------------------------------- actor
@@ -194,7 +197,7 @@ class LearnerActor:
         Only meaningful for ZeRO stages 0–2 (full parameters on every rank).
         """
         out = []
-        for engine in (self.learner.policy_engine, self.learner.critic_engine):
+        for engine in self.learner.engines:
             for p in engine.module.parameters():
                 out += [float(p.detach().double().sum()), float(p.detach().double().abs().sum())]
         return out

@@ -60,15 +60,28 @@ def prepare(work: Path, *, n_questions: int, sft_steps: int, rm_steps: int, seed
     return data_dir, sft["policy"], rms
 
 
+# Variants of the demo point (`--variants`): config changes on top of demo.ppo_run_config.
+VARIANTS = {
+    "gae": {},
+    "gae_async1": {"rollout": {"async_steps": 1}},
+    "grpo": {"ppo": {"advantage_estimator": "grpo"}},
+    "dr_grpo": {"ppo": {"advantage_estimator": "dr_grpo"}},
+    "rloo": {"ppo": {"advantage_estimator": "rloo"}},
+    "reinforce_pp": {"ppo": {"advantage_estimator": "reinforce_pp"}},
+    "grpo_async1": {"ppo": {"advantage_estimator": "grpo"}, "rollout": {"async_steps": 1}},
+}
+
+
 def run_point(work: Path, *, method: str, prompts: int, samples: int, length: int, steps: int,
-              data_dir: Path, policy: str, rms: dict, seed: int, timeout_s: float, reuse: bool = False) -> dict:
+              data_dir: Path, policy: str, rms: dict, seed: int, timeout_s: float, reuse: bool = False,
+              variant: str | None = None) -> dict:
     import yaml
 
     from fgrlhf_ray.pipelines.demo import PRESETS, DemoBudget, DemoPPOSettings, ppo_run_config
 
     budget = DemoBudget(**{**PRESETS["default"].model_dump(), "ppo_steps": steps, "eval_every": steps,
                            "prompts_per_step": prompts, "samples_per_prompt": samples, "max_new_tokens": length})
-    run_dir = work / "runs" / f"{method}-p{prompts}x{samples}-L{length}"
+    run_dir = work / "runs" / (f"{method}-p{prompts}x{samples}-L{length}" + (f"-{variant}" if variant else ""))
     if reuse and (run_dir / "point.json").exists():
         print(f"  reusing {run_dir}", flush=True)
         return json.loads((run_dir / "point.json").read_text())
@@ -89,6 +102,8 @@ def run_point(work: Path, *, method: str, prompts: int, samples: int, length: in
     cfg = ppo_run_config(method, run_dir=run_dir, policy=policy, rms=rms, data_dir=data_dir, budget=budget,
                          ppo=DemoPPOSettings(), seed=seed)
     cfg["logging"]["tensorboard"] = False
+    for section, values in VARIANTS.get(variant, {}).items():
+        cfg.setdefault(section, {}).update(values)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -98,7 +113,7 @@ def run_point(work: Path, *, method: str, prompts: int, samples: int, length: in
     wall = time.perf_counter() - t0
     (run_dir / "train.log").write_text(proc.stdout + proc.stderr)
     point = {"method": method, "prompts": prompts, "samples": samples, "batch": prompts * samples,
-             "length": length, "run_wall_s": wall, "exit": proc.returncode}
+             "length": length, "run_wall_s": wall, "exit": proc.returncode, "variant": variant}
     metrics_file = run_dir / "metrics.jsonl"
     rows = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()] if metrics_file.exists() else []
     if proc.returncode != 0 or not rows:
@@ -194,6 +209,9 @@ def main() -> int:
     ap.add_argument("--run-timeout", type=float, default=900)
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs (point.json) in --work")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", default=None,
+                    help=f"only the fine-grained demo point, once per variant (comma list of {', '.join(VARIANTS)}); "
+                         "e.g. --variants gae,grpo,gae_async1 --out benchmarks/results/ppo_step_estimators.json")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -201,6 +219,8 @@ def main() -> int:
     data_dir, policy, rms = prepare(work, n_questions=args.n_questions, sft_steps=args.sft_steps,
                                     rm_steps=args.rm_steps, seed=args.seed, threads=args.threads)
     print(f"prepared in {time.perf_counter() - t_start:.0f}s: policy {policy}", flush=True)
+    if args.variants:
+        return run_variants(work, args, data_dir, policy, rms, t_start)
     plan = [("fine_grained", args.demo_prompts, args.demo_length)]
     if not args.no_holistic:
         plan.append(("holistic", args.demo_prompts, args.demo_length))
@@ -221,6 +241,36 @@ def main() -> int:
               p.get("error", "")[-800:], flush=True)
         finish(points, args, t_start)
     finish(points, args, t_start)
+    return 0
+
+
+def run_variants(work: Path, args, data_dir: Path, policy: str, rms: dict, t_start: float) -> int:
+    """The fine-grained demo point under each variant, one after the other on the same machine."""
+    points = []
+    for variant in args.variants.split(","):
+        print(f"[run] fine_grained demo point, variant {variant}", flush=True)
+        p = run_point(work, method="fine_grained", prompts=args.demo_prompts, samples=args.samples,
+                      length=args.demo_length, steps=args.steps, data_dir=data_dir, policy=policy, rms=rms,
+                      seed=args.seed, timeout_s=args.run_timeout, reuse=args.reuse, variant=variant)
+        p["load_avg_1m_after"] = os.getloadavg()[0]
+        points.append(p)
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in p.items() if k != "error"},
+              p.get("error", "")[-800:], flush=True)
+    base = next((p for p in points if p.get("variant") == "gae" and "step" in p), None)
+    for p in points:
+        if base and "step" in p:
+            p["speedup_vs_gae"] = base["step"] / p["step"]
+    table([p for p in points if "step" in p],
+          ["variant", "generate", "score_reference_values", "values", "learn", "sync", "step", "speedup_vs_gae"],
+          title="seconds per fine-grained demo PPO step, by variant (mean over measured steps)")
+    write_result("ppo_step_estimators", {
+        "description": "fine-grained demo PPO step (demo.ppo_run_config) per advantage estimator and "
+                       "rollout.async_steps, measured one after the other in one process on this machine; "
+                       "first step dropped",
+        "setup": {"n_questions": args.n_questions, "steps_per_run": args.steps, "prompts": args.demo_prompts,
+                  "samples": args.samples, "length": args.demo_length, "variants": VARIANTS},
+        "points": points, "wall_s": time.perf_counter() - t_start,
+    }, args.out)
     return 0
 
 

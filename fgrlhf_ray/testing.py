@@ -179,3 +179,16 @@ def crashing_brevity(prompts: list[str], responses: list[str]) -> list[float]:
 
     maybe_crash()
     return brevity(prompts, responses)
+
+
+def recording_brevity(prompts: list[str], responses: list[str]) -> list[float]:
+    """`fgrlhf_ray.rewards.builtin.brevity`, and one JSON line per call with the batch's distinct
+    prompts (in order) appended to `$FGRLHF_RECORD_FILE`: which prompts each step trained on."""
+    from fgrlhf_ray.rewards.builtin import brevity
+
+    path = os.environ.get("FGRLHF_RECORD_FILE")
+    if path:
+        distinct = list(dict.fromkeys(prompts))
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"prompts": distinct}) + "\n")
+    return brevity(prompts, responses)

@@ -87,7 +87,7 @@ class Experience:
     action_mask: "torch.Tensor"  # (B, T) float: 1 on real response tokens
     old_logprobs: "torch.Tensor"  # (B, T) learner's log π_old(a_t) before the update
     ref_logprobs: "torch.Tensor"  # (B, T) frozen reference policy's log π_ref(a_t)
-    old_values: "torch.Tensor"  # (B, T) critic's V(s_t) before the update
+    old_values: "torch.Tensor | None"  # (B, T) critic's V(s_t) before the update; None without a critic
     rewards: "torch.Tensor"  # (B, T) per-token reward including the KL penalty
-    advantages: "torch.Tensor"  # (B, T) GAE advantages (whitened if configured)
-    returns: "torch.Tensor"  # (B, T) advantages + old_values (value targets)
+    advantages: "torch.Tensor"  # (B, T) advantages of ppo.advantage_estimator (GAE: whitened if configured)
+    returns: "torch.Tensor | None"  # (B, T) advantages + old_values (value targets); None without a critic

@@ -498,7 +498,8 @@ class PPOController:
         if "rng" in state:  # checkpoints written before RNG states were saved have none
             restore_rng_state(state["rng"])
         pending = state.get("pending")
-        self._pending = Generation(**pending) if pending else None
+        # The batch in flight at the checkpoint is sampled again, from the checkpoint's weights.
+        self._pending = Generation(**{**pending, "weights_step": self.step}) if pending else None
 
 
 def rollout_stats(rollout: RolloutBatch) -> dict[str, float]:

@@ -48,6 +48,8 @@ def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
         loss_aggregation=ppo.loss_aggregation, max_grad_norm=ppo.max_grad_norm,
         lora=learner.lora.model_dump() if learner.lora.enabled else None,
         seed=config.seed, pad_token_id=pad_token_id,
+        use_critic=ppo.advantage_estimator == "gae",
+        kl_loss_coef=ppo.kl_coef if ppo.kl_in == "loss" else 0.0,
     )
 
 

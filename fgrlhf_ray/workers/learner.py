@@ -58,6 +58,7 @@ from typing import Any
 import torch
 
 from fgrlhf_ray.algo.experience import gather_response_logprobs, pad_rollout, position_ids_from_attention_mask
+from fgrlhf_ray.algo.kl import kl_loss
 from fgrlhf_ray.algo.losses import ppo_policy_loss, ppo_value_loss
 from fgrlhf_ray.workers.critic import CriticModel, gather_values
 from fgrlhf_ray.types import Experience, RolloutBatch
@@ -308,6 +309,10 @@ class PPOLearner:
         seed: seeds torch and the minibatch shuffling (same on all ranks).
         pad_token_id: pad id for padding `RolloutBatch` inputs; None = the policy
             config's / tokenizer's pad id.
+        use_critic: build the critic (GAE). False for the critic-free estimators: no critic
+            engine, no values, no value loss, nothing of it in checkpoints.
+        kl_loss_coef / kl_loss_estimator: β and estimator of a KL-to-reference term added to the
+            policy loss (`ppo.kl_in: loss`); 0 = none (the KL is in the rewards).
     """
 
     def __init__(
@@ -333,6 +338,9 @@ class PPOLearner:
         lora: Mapping[str, Any] | None = None,
         seed: int = 0,
         pad_token_id: int | None = None,
+        use_critic: bool = True,
+        kl_loss_coef: float = 0.0,
+        kl_loss_estimator: str = "k3",
     ) -> None:
         _setup_deepspeed_env()
         import deepspeed  # noqa: F401  (after DS_ACCELERATOR)
@@ -380,6 +388,7 @@ class PPOLearner:
         self.loss_aggregation, self.max_grad_norm = loss_aggregation, max_grad_norm
         self.lora = dict(lora) if lora and lora.get("enabled", True) else None
         self.seed = seed
+        self.kl_loss_coef, self.kl_loss_estimator = float(kl_loss_coef), kl_loss_estimator
         self.train_steps = 0  # completed train_step calls (for shuffling seeds and resume)
         torch.manual_seed(seed)
 
@@ -394,12 +403,18 @@ class PPOLearner:
         if self.lora:
             policy = self._wrap_lora(policy, self.lora)
             self._lora_scalings = lora_scalings(policy)
-        critic = CriticModel.from_pretrained(self.critic_path, torch_dtype=torch.float32)
-
         self.policy_engine = self._make_engine(policy, lr=lr, eps=adam_eps)
-        self.critic_engine = self._make_engine(critic, lr=critic_lr, eps=adam_eps)
-        for engine in (self.policy_engine, self.critic_engine):
+        self.critic_engine = None
+        if use_critic:
+            critic = CriticModel.from_pretrained(self.critic_path, torch_dtype=torch.float32)
+            self.critic_engine = self._make_engine(critic, lr=critic_lr, eps=adam_eps)
+        for engine in self.engines:
             engine.eval()  # dropout off; see module docstring
+
+    @property
+    def engines(self) -> list:
+        """The DeepSpeed engines this rank trains: the policy's, and the critic's when there is one."""
+        return [e for e in (self.policy_engine, self.critic_engine) if e is not None]
 
     # ---------------------------------------------------------------- construction
 
@@ -469,12 +484,12 @@ class PPOLearner:
         return gather_values(values, seq.shape[1] - num_actions, num_actions)  # (B, T)
 
     @torch.no_grad()
-    def compute_logprobs_and_values(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_logprobs_and_values(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log π_θ(a_t) and V(s_t) for every response token, without gradients.
 
         batch: RolloutBatch / PaddedRollout / Experience / mapping (see `as_forward_batch`).
-        Returns (logprobs (B, T) float32, values (B, T) float32) on CPU, both 0 where
-        action_mask is 0. Under ZeRO-3 every rank must call this with the same number of
+        Returns (logprobs (B, T) float32, values (B, T) float32 or None without a critic)
+        on CPU, both 0 where action_mask is 0. Under ZeRO-3 every rank must call this with the same number of
         micro-batches (LearnerGroup gives every rank an equal shard).
         """
         fb = as_forward_batch(batch, pad_token_id=self.pad_token_id)
@@ -484,9 +499,10 @@ class PPOLearner:
             seq, attn = self._to_device(fb.sequences[sl]), self._to_device(fb.attention_mask[sl])
             lp, _ = self._policy_logprobs(seq, attn, T)
             out_lp.append(lp.float().cpu())
-            out_v.append(self._critic_values(seq, attn, T).float().cpu())
+            if self.critic_engine is not None:
+                out_v.append(self._critic_values(seq, attn, T).float().cpu())
         mask = fb.action_mask
-        return torch.cat(out_lp) * mask, torch.cat(out_v) * mask
+        return torch.cat(out_lp) * mask, (torch.cat(out_v) * mask if out_v else None)
 
     @torch.no_grad()
     def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
@@ -531,11 +547,14 @@ class PPOLearner:
                 f"minibatch ({self.minibatch_per_rank} = minibatch_size / world_size). Make the rollout batch "
                 "(prompts_per_step × n_samples_per_prompt) a multiple of ppo.minibatch_size."
             )
-        for name in ("old_logprobs", "old_values", "advantages", "returns"):
-            if getattr(exp, name).shape != (B, T):
+        needed = ("old_logprobs", "advantages") + (("old_values", "returns") if self.critic_engine else ())
+        needed += ("ref_logprobs",) if self.kl_loss_coef else ()
+        for name in needed:
+            if getattr(exp, name) is None or getattr(exp, name).shape != (B, T):
                 raise ValueError(
-                    f"PPOLearner.train_step: experience.{name} has shape {tuple(getattr(exp, name).shape)}, "
-                    f"expected (B, T) = {(B, T)} like action_mask."
+                    f"PPOLearner.train_step: experience.{name} is "
+                    f"{None if getattr(exp, name) is None else tuple(getattr(exp, name).shape)}, "
+                    f"expected shape (B, T) = {(B, T)} like action_mask."
                 )
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.train_steps)
         micro_rows: list[dict[str, float]] = []
@@ -575,8 +594,15 @@ class PPOLearner:
             logits=resp_logits,
         )
         del resp_logits
+        if self.kl_loss_coef:  # ppo.kl_in: loss — the KL to the reference as a loss term (GRPO)
+            k_loss, k_stats = kl_loss(logprobs, self._to_device(exp.ref_logprobs[idx].float()), mask,
+                                      estimator=self.kl_loss_estimator, aggregation=self.loss_aggregation)
+            p_loss = p_loss + self.kl_loss_coef * k_loss
+            p_stats = {**p_stats, **k_stats}
         self.policy_engine.backward(p_loss)
         p_norm = self._step(self.policy_engine, boundary)
+        if self.critic_engine is None:
+            return p_stats, ({"grad_norm": p_norm} if boundary else None)
 
         values = self._critic_values(seq, attn, T)
         v_loss, v_stats = ppo_value_loss(
@@ -687,21 +713,23 @@ class PPOLearner:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         policy_sd = self._policy_hf_state_dict()
-        critic_sd = self._full_state_dict(self.critic_engine)
+        critic_sd = self._full_state_dict(self.critic_engine) if self.critic_engine else None
         if self.rank == 0:
             self._save_hf_policy(out / POLICY_DIR, policy_sd)
-            self.critic_engine.module.save_pretrained(out / CRITIC_DIR, state_dict=critic_sd)
+            if critic_sd is not None:
+                self.critic_engine.module.save_pretrained(out / CRITIC_DIR, state_dict=critic_sd)
             (out / LEARNER_STATE_FILE).write_text(
                 json.dumps({"train_steps": self.train_steps, "world_size": self.world_size,
-                            "zero_stage": self.zero_stage, "lora": self.lora}, indent=2)
+                            "zero_stage": self.zero_stage, "lora": self.lora,
+                            "critic": self.critic_engine is not None}, indent=2)
             )
         del policy_sd, critic_sd
         from fgrlhf_ray.infra.rng import capture_rng_state
 
         # Each rank's RNG states travel in its own DeepSpeed client state (dropout etc.).
         client = {"train_steps": self.train_steps, "rng": capture_rng_state()}
-        self.policy_engine.save_checkpoint(str(out / DEEPSPEED_DIR / POLICY_DIR), tag=DS_TAG, client_state=client)
-        self.critic_engine.save_checkpoint(str(out / DEEPSPEED_DIR / CRITIC_DIR), tag=DS_TAG, client_state=client)
+        for engine, name in self._engines_by_dir():
+            engine.save_checkpoint(str(out / DEEPSPEED_DIR / name), tag=DS_TAG, client_state=client)
         dist.barrier()
         return str(out)
 
@@ -730,16 +758,16 @@ class PPOLearner:
                 f"PPOLearner.load_checkpoint: {meta_file} not found; pass a folder written by save_checkpoint."
             )
         meta = json.loads(meta_file.read_text())
-        if (meta["world_size"], meta["zero_stage"], bool(meta.get("lora"))) != (
-            self.world_size, self.zero_stage, bool(self.lora)
-        ):
+        saved = (meta["world_size"], meta["zero_stage"], bool(meta.get("lora")), meta.get("critic", True))
+        if saved != (self.world_size, self.zero_stage, bool(self.lora), self.critic_engine is not None):
             raise ValueError(
-                f"PPOLearner.load_checkpoint: {d} was saved with world_size={meta['world_size']}, "
-                f"zero_stage={meta['zero_stage']}, lora={bool(meta.get('lora'))}; this learner has "
-                f"world_size={self.world_size}, zero_stage={self.zero_stage}, lora={bool(self.lora)}. "
-                f"Restart with the saved settings, or start a new run from the HF folder {d / POLICY_DIR}."
+                f"PPOLearner.load_checkpoint: {d} was saved with world_size={saved[0]}, zero_stage={saved[1]}, "
+                f"lora={saved[2]}, critic={saved[3]}; this learner has world_size={self.world_size}, "
+                f"zero_stage={self.zero_stage}, lora={bool(self.lora)}, critic={self.critic_engine is not None} "
+                f"(the critic follows ppo.advantage_estimator). Restart with the saved settings, or start a "
+                f"new run from the HF folder {d / POLICY_DIR}."
             )
-        for engine, name in ((self.policy_engine, POLICY_DIR), (self.critic_engine, CRITIC_DIR)):
+        for engine, name in self._engines_by_dir():
             path, client = engine.load_checkpoint(
                 str(d / DEEPSPEED_DIR / name), tag=DS_TAG, load_optimizer_states=True,
                 load_lr_scheduler_states=False,
@@ -753,8 +781,11 @@ class PPOLearner:
             from fgrlhf_ray.infra.rng import restore_rng_state
 
             restore_rng_state(client["rng"])
-        for engine in (self.policy_engine, self.critic_engine):
+        for engine in self.engines:
             engine.eval()
+
+    def _engines_by_dir(self) -> list[tuple[Any, str]]:
+        return [(self.policy_engine, POLICY_DIR)] + ([(self.critic_engine, CRITIC_DIR)] if self.critic_engine else [])
 
     def info(self) -> dict[str, Any]:
         """Small facts the Ray group needs (pad id, tied embeddings, batch geometry)."""
