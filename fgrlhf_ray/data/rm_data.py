@@ -45,7 +45,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -418,7 +418,3 @@ def group_fingerprint(group: str) -> str:
     import hashlib
 
     return hashlib.sha1(group.encode("utf-8")).hexdigest()[:16]
-
-
-def as_dicts(examples: Iterable[Any]) -> list[dict]:
-    return [asdict(e) for e in examples]
