@@ -23,12 +23,13 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgrlhf_ray.errors import ConfigError, DataError, FgrlhfError
+from fgrlhf_ray.errors import DataError, FgrlhfError
 from fgrlhf_ray.evaluation.config import EvalConfig, load_eval_config
-from fgrlhf_ray.evaluation.data import load_eval_items, load_reference_outputs
+from fgrlhf_ray.evaluation.data import EvalItem, load_eval_items, load_reference_outputs
 from fgrlhf_ray.evaluation.report import RMSpec, format_metrics, summarize
 from fgrlhf_ray.types import RolloutBatch
 
@@ -125,20 +126,11 @@ def _concat(parts: list[list]) -> list:
     return [x for part in parts for x in part]
 
 
-def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
-    """Evaluate `config.policy` on `config.data`; writes the report and generations; returns the report."""
-    import ray
-    from transformers import AutoTokenizer
+def _load_items(config: EvalConfig) -> tuple[list[EvalItem], dict[str, str] | None]:
+    """The eval items and, with `win_rate.reference_outputs`, the reference response per prompt.
 
-    from fgrlhf_ray.actors.group import collect
-    from fgrlhf_ray.actors.rollout import RolloutGroup, merge_rollouts
-    from fgrlhf_ray.actors.scorer import ScorerGroup
-    from fgrlhf_ray.evaluation.perplexity import reference_lm_nll
-    from fgrlhf_ray.launch.placement import ACTOR_ENV
-    from fgrlhf_ray.launch.services import RolloutService
-
-    t_start = time.perf_counter()
-    config.check_paths()
+    Split out of `run_eval` so a prompt without a reference response fails before Ray starts.
+    """
     items = load_eval_items(config.data.file, fmt=config.data.format, prompt_field=config.data.prompt_field,
                             references_field=config.data.references_field, limit=config.data.limit)
     prompts = [it.prompt for it in items]
@@ -150,95 +142,211 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
             raise DataError(f"{config.win_rate.reference_outputs}: no reference response for {len(missing)} of "
                             f"{len(prompts)} eval prompts (first: {missing[0][:80]!r}); generate them with "
                             "`fgrlhf eval` on the same --data")
-    tok_path = config.policy.tokenizer_path or config.policy.model_path
-    tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    return items, ref_map
+
+
+@dataclass
+class _EvalActors:
+    """Every actor group the eval starts, in one place, so `run_eval`'s `finally` stops each
+    one that did start, even when start-up fails half-way."""
+
+    engine_groups: list[Any] = field(default_factory=list)  # RolloutGroups, in the order they started
+    scorer_groups: list[Any] = field(default_factory=list)  # one per reward model, then judge, then toxicity
+    judge: Any = None  # ScorerGroup of the preference judge (win_rate.preference_rm), or None
+    toxic: Any = None  # ScorerGroup of the toxicity scorer, or None
+
+    def shutdown(self) -> None:
+        import ray
+
+        for group in self.engine_groups:
+            group.shutdown()
+        for g in self.scorer_groups:
+            for actor in g.actors:
+                ray.kill(actor)
+
+
+def _engine_group(config: EvalConfig, model_path: str, tokenizer_path: str | None) -> Any:
+    """A `RolloutGroup` of vLLM engines for one policy folder, from `config.rollout` (the policy
+    and the reference policy are started alike)."""
+    from fgrlhf_ray.actors.rollout import RolloutGroup
+    from fgrlhf_ray.launch.placement import ACTOR_ENV
+
+    rollout_cfg = config.rollout
+    return RolloutGroup(
+        num_engines=rollout_cfg.num_engines,
+        engine_kwargs=dict(model_path=model_path, tokenizer_path=tokenizer_path,
+                           tensor_parallel_size=rollout_cfg.tensor_parallel_size,
+                           gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+                           kv_cache_space_gib=rollout_cfg.kv_cache_space_gib, dtype=config.policy.dtype,
+                           seed=config.seed, enforce_eager=rollout_cfg.enforce_eager,
+                           max_model_len=rollout_cfg.max_model_len),
+        num_cpus=rollout_cfg.num_cpus_per_engine, num_gpus=rollout_cfg.num_gpus_per_engine,
+        env_vars={**ACTOR_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(rollout_cfg.kv_cache_space_gib)))},
+    )
+
+
+def _start_actors(config: EvalConfig, actors: _EvalActors) -> tuple[Any, Any]:
+    """Start the scorer groups, then the policy and reference engine groups in parallel;
+    returns (policy group, reference group or None).
+
+    Each group is recorded in `actors` as soon as it exists (so a failure later in start-up
+    still stops it). Scorers start first so that they load while the engines start.
+    """
+    from fgrlhf_ray.actors.scorer import ScorerGroup
+
+    def engine_group(model_path: str, tokenizer_path: str | None) -> Any:
+        group = _engine_group(config, model_path, tokenizer_path)
+        actors.engine_groups.append(group)
+        return group
+
+    actors.scorer_groups.extend(ScorerGroup(config=rm) for rm in config.reward_models)
+    judge = ScorerGroup(config=_judge_config(config.win_rate.preference_rm)) if config.win_rate.preference_rm else None
+    toxic = ScorerGroup(config=config.toxicity.as_reward_model()) if config.toxicity else None
+    actors.judge, actors.toxic = judge, toxic
+    actors.scorer_groups.extend(g for g in (judge, toxic) if g is not None)
+    with ThreadPoolExecutor(2) as pool:  # two engine groups start in parallel
+        policy_f = pool.submit(engine_group, config.policy.model_path, config.policy.tokenizer_path)
+        ref_f = (pool.submit(engine_group, config.win_rate.reference_policy, None)
+                 if config.win_rate.reference_policy else None)
+        policy_group = policy_f.result()
+        ref_group = ref_f.result() if ref_f else None
+    return policy_group, ref_group
+
+
+def _generate_rounds(config: EvalConfig, prompts: list[str], policy: Any, reference: Any, actors: _EvalActors, *,
+                     progress: bool) -> tuple[RolloutBatch, list[RolloutBatch], dict[str, list]]:
+    """Generate in rounds of `batch_prompts`; every scorer but the judge starts on a round as
+    soon as it is out, so scoring overlaps the next round's generation.
+
+    Returns the merged policy rollout (`len(prompts) * n_samples_per_prompt` responses,
+    `prompt_index` into `prompts`), the reference policy's per-round rollouts (one response
+    per prompt; empty without a reference policy) and the score refs per scorer name (one
+    ref per round).
+    """
+    import ray
+
+    from fgrlhf_ray.actors.group import collect
+    from fgrlhf_ray.actors.rollout import merge_rollouts
+
     sampling = config.rollout.sampling.model_dump()
     k = config.rollout.sampling.n_samples_per_prompt
+    parts, ref_parts = [], []
+    score_refs: dict[str, list] = {g.name: [] for g in actors.scorer_groups if g is not actors.judge}
+    bar = _Bar(progress, len(prompts), "eval: generate", "prompt")
+    for lo in range(0, len(prompts), config.batch_prompts):
+        chunk = prompts[lo : lo + config.batch_prompts]
+        # seed + lo: prompt i is sampled with seed + i whatever the round size.
+        generated = policy.generate(chunk, n=k, sampling=sampling, seed=config.seed + lo)
+        ref_generated = (reference.generate(chunk, n=1, sampling=sampling, seed=config.seed + lo)
+                         if reference else None)  # both policies generate at once
+        batch: RolloutBatch = collect(generated, timeout_s=config.get_timeout_s, what="eval: generate")
+        batch.prompt_index = [lo + i for i in batch.prompt_index]
+        parts.append(batch)
+        handle = ray.put(batch)
+        for g in actors.scorer_groups:
+            if g is not actors.judge:
+                score_refs[g.name].append(g.score(handle, len(batch)))
+        if ref_generated is not None:
+            ref_parts.append(collect(ref_generated, timeout_s=config.get_timeout_s,
+                                     what="eval: generate (reference policy)"))
+        bar.update(len(chunk))
+    bar.close()
+    return merge_rollouts(parts), ref_parts, score_refs
+
+
+def _submit_whole_rollout_scores(config: EvalConfig, rollout: RolloutBatch, ref_parts: list[RolloutBatch],
+                                 ref_map: dict[str, str] | None, judge: Any,
+                                 score_refs: dict[str, list]) -> list[str] | None:
+    """Start what needs every response: the reference-LM perplexity task (`score_refs["__perplexity"]`)
+    and the preference judge (`score_refs["__judge"]`); returns the reference responses the judge
+    compares against (one per policy response), or None without a judge.
+
+    The judge scores one batch of `2 * len(rollout)` rows: the policy's responses, then the
+    reference's for the same prompts.
+    """
+    import ray
+
+    from fgrlhf_ray.actors.rollout import merge_rollouts
+    from fgrlhf_ray.evaluation.perplexity import reference_lm_nll
+
+    if config.perplexity.reference_lm:
+        ppl = config.perplexity
+        task = ray.remote(reference_lm_nll).options(num_cpus=ppl.num_cpus, num_gpus=ppl.num_gpus)
+        score_refs["__perplexity"] = [task.remote(ppl.reference_lm, rollout.prompts, rollout.responses,
+                                                  batch_size=ppl.batch_size, max_length=ppl.max_length,
+                                                  num_threads=max(1, int(ppl.num_cpus)))]
+    reference_responses = None
+    if judge is not None:
+        if ref_map is not None:
+            reference_responses = [ref_map[p] for p in rollout.prompts]
+        else:
+            first = merge_rollouts(ref_parts)
+            reference_responses = [first.responses[i] for i in rollout.prompt_index]
+        pairs = RolloutBatch(prompts=rollout.prompts * 2, prompt_ids=[],
+                             responses=rollout.responses + reference_responses, response_ids=[], logprobs=[],
+                             prompt_index=[])
+        score_refs["__judge"] = [judge.score(ray.put(pairs), 2 * len(rollout))]
+    return reference_responses
+
+
+def _summarize(config: EvalConfig, items: list[EvalItem], rollout: RolloutBatch, results: dict[str, list],
+               normalizations: list, actors: _EvalActors,
+               reference_responses: list[str] | None) -> tuple[dict, list[dict]]:
+    """The metrics and the per-generation rows from the gathered scorer results (`summarize`'s
+    arguments unpacked from the per-scorer lists of per-round verdicts)."""
+    weights = config.effective_reward_weights()
+    specs = [RMSpec(rm.name, weights[rm.name], mean, std)
+             for rm, (mean, std) in zip(config.reward_models, normalizations)]
+    verdicts = {rm.name: _concat(results[rm.name]) for rm in config.reward_models}
+    preference = None
+    if actors.judge is not None:
+        scores = [sum(s.value for s in v.segments) for v in results["__judge"][0]]
+        preference = (scores[: len(rollout)], scores[len(rollout):])
+    toxicity = None
+    if actors.toxic is not None:
+        toxicity = [v.segments[0].probability for v in _concat(results[actors.toxic.name])]
+    return summarize(
+        items=items, rollout=rollout, verdicts=verdicts, specs=specs, relevance=config.ratios.relevance,
+        factuality=config.ratios.factuality, completeness=config.ratios.completeness,
+        nll=results["__perplexity"][0] if "__perplexity" in results else None, preference=preference,
+        reference_responses=reference_responses, tie_tolerance=config.win_rate.tie_tolerance, toxicity=toxicity,
+        toxicity_threshold=config.toxicity.threshold if config.toxicity else 0.5,
+    )
+
+
+def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
+    """Evaluate `config.policy` on `config.data`; writes the report and generations; returns the report."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from fgrlhf_ray.launch.services import RolloutService
+
+    t_start = time.perf_counter()
+    config.check_paths()
+    items, ref_map = _load_items(config)
+    prompts = [it.prompt for it in items]
+    tok_path = config.policy.tokenizer_path or config.policy.model_path
+    tokenizer = AutoTokenizer.from_pretrained(tok_path)
 
     owns_ray = _init_ray(config)
-    groups: list[Any] = []
-    scorer_groups: list[Any] = []
+    actors = _EvalActors()
     try:
-        rollout_cfg = config.rollout
-
-        def engine_group(model_path: str, tokenizer_path: str | None) -> Any:
-            group = RolloutGroup(
-                num_engines=rollout_cfg.num_engines,
-                engine_kwargs=dict(model_path=model_path, tokenizer_path=tokenizer_path,
-                                   tensor_parallel_size=rollout_cfg.tensor_parallel_size,
-                                   gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
-                                   kv_cache_space_gib=rollout_cfg.kv_cache_space_gib, dtype=config.policy.dtype,
-                                   seed=config.seed, enforce_eager=rollout_cfg.enforce_eager,
-                                   max_model_len=rollout_cfg.max_model_len),
-                num_cpus=rollout_cfg.num_cpus_per_engine, num_gpus=rollout_cfg.num_gpus_per_engine,
-                env_vars={**ACTOR_ENV, "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(rollout_cfg.kv_cache_space_gib)))},
-            )
-            groups.append(group)
-            return group
-
-        # Scorer actors first: they load while the engines start.
-        scorer_groups.extend(ScorerGroup(config=rm) for rm in config.reward_models)
-        judge = ScorerGroup(config=_judge_config(config.win_rate.preference_rm)) if config.win_rate.preference_rm else None
-        toxic = ScorerGroup(config=config.toxicity.as_reward_model()) if config.toxicity else None
-        scorer_groups.extend(g for g in (judge, toxic) if g is not None)
-        with ThreadPoolExecutor(2) as pool:  # two engine groups start in parallel
-            policy_f = pool.submit(engine_group, config.policy.model_path, config.policy.tokenizer_path)
-            ref_f = (pool.submit(engine_group, config.win_rate.reference_policy, None)
-                     if config.win_rate.reference_policy else None)
-            policy_group = policy_f.result()
-            ref_group = ref_f.result() if ref_f else None
-        normalizations = ray.get([g.normalization() for g in scorer_groups[: len(config.reward_models)]],
+        policy_group, ref_group = _start_actors(config, actors)
+        normalizations = ray.get([g.normalization() for g in actors.scorer_groups[: len(config.reward_models)]],
                                  timeout=config.get_timeout_s)
         startup_s = time.perf_counter() - t_start
         policy = RolloutService(policy_group, tokenizer, config.data.max_prompt_tokens)
         reference = (RolloutService(ref_group, AutoTokenizer.from_pretrained(config.win_rate.reference_policy),
                                     config.data.max_prompt_tokens) if ref_group else None)
 
-        # -- generate in rounds; every scorer starts on a round as soon as it is out
         t_gen = time.perf_counter()
-        parts, ref_parts = [], []
-        score_refs: dict[str, list] = {g.name: [] for g in scorer_groups if g is not judge}
-        bar = _Bar(progress, len(prompts), "eval: generate", "prompt")
-        for lo in range(0, len(prompts), config.batch_prompts):
-            chunk = prompts[lo : lo + config.batch_prompts]
-            # seed + lo: prompt i is sampled with seed + i whatever the round size.
-            generated = policy.generate(chunk, n=k, sampling=sampling, seed=config.seed + lo)
-            ref_generated = (reference.generate(chunk, n=1, sampling=sampling, seed=config.seed + lo)
-                             if reference else None)  # both policies generate at once
-            batch: RolloutBatch = collect(generated, timeout_s=config.get_timeout_s, what="eval: generate")
-            batch.prompt_index = [lo + i for i in batch.prompt_index]
-            parts.append(batch)
-            handle = ray.put(batch)
-            for g in scorer_groups:
-                if g is not judge:
-                    score_refs[g.name].append(g.score(handle, len(batch)))
-            if ref_generated is not None:
-                ref_parts.append(collect(ref_generated, timeout_s=config.get_timeout_s,
-                                         what="eval: generate (reference policy)"))
-            bar.update(len(chunk))
-        bar.close()
-        rollout = merge_rollouts(parts)
+        rollout, ref_parts, score_refs = _generate_rounds(config, prompts, policy, reference, actors,
+                                                          progress=progress)
         generate_s = time.perf_counter() - t_gen
 
-        # -- what needs every response: perplexity and the preference judge
         t_score = time.perf_counter()
-        if config.perplexity.reference_lm:
-            ppl = config.perplexity
-            task = ray.remote(reference_lm_nll).options(num_cpus=ppl.num_cpus, num_gpus=ppl.num_gpus)
-            score_refs["__perplexity"] = [task.remote(ppl.reference_lm, rollout.prompts, rollout.responses,
-                                                      batch_size=ppl.batch_size, max_length=ppl.max_length,
-                                                      num_threads=max(1, int(ppl.num_cpus)))]
-        reference_responses = None
-        if judge is not None:
-            if ref_map is not None:
-                reference_responses = [ref_map[p] for p in rollout.prompts]
-            else:
-                first = merge_rollouts(ref_parts)
-                reference_responses = [first.responses[i] for i in rollout.prompt_index]
-            pairs = RolloutBatch(prompts=rollout.prompts * 2, prompt_ids=[],
-                                 responses=rollout.responses + reference_responses, response_ids=[], logprobs=[],
-                                 prompt_index=[])
-            score_refs["__judge"] = [judge.score(ray.put(pairs), 2 * len(rollout))]
+        reference_responses = _submit_whole_rollout_scores(config, rollout, ref_parts, ref_map, actors.judge,
+                                                           score_refs)
         bar = _Bar(progress, sum(map(len, score_refs.values())), "eval: score", "part")
         results = _wait_all(score_refs, timeout=config.get_timeout_s, bar=bar)
         bar.close()
@@ -248,32 +356,11 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> dict:
         # wrapped in Ray's RayTaskError with the remote traceback: show the plain message.
         raise user_error(exc) from None
     finally:
-        for group in groups:
-            group.shutdown()
-        for g in scorer_groups:
-            for actor in g.actors:
-                ray.kill(actor)
+        actors.shutdown()
         if owns_ray:
             ray.shutdown()
 
-    weights = config.effective_reward_weights()
-    specs = [RMSpec(rm.name, weights[rm.name], mean, std)
-             for rm, (mean, std) in zip(config.reward_models, normalizations)]
-    verdicts = {rm.name: _concat(results[rm.name]) for rm in config.reward_models}
-    preference = None
-    if judge is not None:
-        scores = [sum(s.value for s in v.segments) for v in results["__judge"][0]]
-        preference = (scores[: len(rollout)], scores[len(rollout):])
-    toxicity = None
-    if toxic is not None:
-        toxicity = [v.segments[0].probability for v in _concat(results[toxic.name])]
-    metrics, rows = summarize(
-        items=items, rollout=rollout, verdicts=verdicts, specs=specs, relevance=config.ratios.relevance,
-        factuality=config.ratios.factuality, completeness=config.ratios.completeness,
-        nll=results["__perplexity"][0] if "__perplexity" in results else None, preference=preference,
-        reference_responses=reference_responses, tie_tolerance=config.win_rate.tie_tolerance, toxicity=toxicity,
-        toxicity_threshold=config.toxicity.threshold if config.toxicity else 0.5,
-    )
+    metrics, rows = _summarize(config, items, rollout, results, normalizations, actors, reference_responses)
     report = {
         "metrics": metrics,
         "timing": {"total_s": time.perf_counter() - t_start, "startup_s": startup_s, "generate_s": generate_s,
