@@ -56,10 +56,9 @@ from typing import Any
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, DataError, FgrlhfError
-from fgrlhf_ray.infra.http import retry_delay
+from fgrlhf_ray.infra.http import RetryPolicy, bearer_headers, http_request, json_body
 
 DEFAULT_TEMPLATE = Path(__file__).parents[1] / "templates" / "minimal_edit.txt"
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ROW_FAILURE_STATUSES = frozenset({400, 413, 422})
 _WORD = re.compile(r"\w+|[^\w\s]")
 _PLACEHOLDER = re.compile(r"\{prompt\}|\{response\}")
@@ -183,12 +182,8 @@ class OpenAIEditor:
         self.max_tokens, self.temperature, self.seed = int(max_tokens), float(temperature), seed
         self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
-        headers = {}
-        token = os.environ.get(api_key_env, "") if api_key_env else ""
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         self.api_key_env = api_key_env
-        self.client = httpx.Client(base_url=self.url + "/", headers=headers, timeout=self.timeout_s,
+        self.client = httpx.Client(base_url=self.url + "/", headers=bearer_headers(api_key_env), timeout=self.timeout_s,
                                    transport=transport,
                                    limits=httpx.Limits(max_connections=max_concurrency,
                                                        max_keepalive_connections=max_concurrency))
@@ -199,43 +194,31 @@ class OpenAIEditor:
     def close(self) -> None:
         self.client.close()
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        return retry_delay(attempt, response, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         what = f"editor {method} {self.url}/{path}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            response = None
+
+        def send(attempt: int) -> httpx.Response:
             with self._lock:
                 self.attempts += 1
                 self.retries += attempt > 0
-            try:
-                response = self.client.request(method, path, **kwargs)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout_s:g} s (--timeout-s)"
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 400:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise EditRowError(f"{what} answered {response.status_code} with a non-JSON body: "
-                                           f"{response.text[:200]!r}") from None
-                reason = _reason(response)
-                if response.status_code in ROW_FAILURE_STATUSES:
-                    raise EditRowError(f"{what} → {response.status_code}: {reason}")
-                if response.status_code not in RETRY_STATUSES:
-                    hint = ""
-                    if response.status_code in (401, 403):
-                        hint = f" (set the API key in ${self.api_key_env})" if self.api_key_env else ""
-                    raise EditorError(f"{what} → {response.status_code}: {reason}{hint}")
-                last = f"{response.status_code}: {reason}"
-            if attempt < self.max_retries:
-                time.sleep(self._delay(attempt, response))
-        raise EditorError(f"{what} failed after {self.max_retries + 1} attempt(s): {last}. Is the editor server "
-                          f"running and reachable (e.g. `vllm serve MODEL --port PORT`)?")
+            return self.client.request(method, path, **kwargs)
+
+        def refuse(response: httpx.Response, reason: str) -> Exception:
+            if response.status_code in ROW_FAILURE_STATUSES:
+                return EditRowError(f"{what} → {response.status_code}: {reason}")
+            hint = ""
+            if response.status_code in (401, 403):
+                hint = f" (set the API key in ${self.api_key_env})" if self.api_key_env else ""
+            return EditorError(f"{what} → {response.status_code}: {reason}{hint}")
+
+        response = http_request(send, policy=self.retry_policy, what=what, timeout_s=self.timeout_s,
+                                timeout_hint=" (--timeout-s)", refuse=refuse, error=EditorError,
+                                hint=". Is the editor server running and reachable (e.g. `vllm serve MODEL --port PORT`)?")
+        return json_body(response, what=what, error=EditRowError)
 
     def check(self) -> list[str]:
         """Fail fast: the server answers `GET /v1/models` and serves `model`. Returns the served names."""
@@ -272,19 +255,6 @@ class OpenAIEditor:
             raise EditRowError(f"editor reply has no {'choices[0].message.content' if self.api == 'chat' else 'choices[0].text'}"
                                f": {str(reply)[:200]}") from None
         return Edit(text=content.strip(), finish_reason=choice.get("finish_reason"))
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            return str(err.get("message") or err)[:500]
-        return str(err or body.get("message") or body.get("detail") or body)[:500]
-    return str(body)[:500]
 
 
 # --------------------------------------------------------------------------- output files

@@ -9,10 +9,10 @@ Transport rules:
 - each request carries at most `max_items_per_request` items (default: the server's
   `max_items` limit from `GET /v1/models`); a batch is split into such requests and at
   most `max_concurrency` of them are in flight at once (one thread pool per scorer);
-- every request has a `timeout_s`; connection errors, timeouts and 429 / 5xx answers are
-  retried up to `max_retries` times with exponential backoff (`backoff_s · 2^k`, capped
-  at `max_backoff_s`, jittered, `Retry-After` honoured); other 4xx answers are not
-  retried and raise `HttpScorerError` with the server's reason;
+- every request has a `timeout_s`; connection errors, timeouts and 408 / 429 / 5xx answers
+  are retried up to `max_retries` times with exponential backoff (`backoff_s · 2^k`, capped
+  at `max_backoff_s`, jittered, `Retry-After` honoured: `fgrlhf_ray.infra.http`); other
+  4xx answers are not retried and raise `HttpScorerError` with the server's reason;
 - the bearer token comes from the environment variable `token_env` (default
   `FGRLHF_SERVE_TOKEN`; sent only when the variable is set).
 
@@ -23,9 +23,7 @@ reward from this scorer.
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,11 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
-from fgrlhf_ray.infra.http import retry_delay
+from fgrlhf_ray.infra.http import RetryPolicy, bearer_headers, http_request, json_body
 from fgrlhf_ray.types import Segment, SegmentRewards
 
 DEFAULT_TOKEN_ENV = "FGRLHF_SERVE_TOKEN"
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class HttpScorerError(FgrlhfError):
@@ -120,13 +117,9 @@ class HttpScorer:
     def _http(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                headers = {}
-                token = os.environ.get(self.token_env, "") if self.token_env else ""
-                if token:
-                    headers["Authorization"] = f"Bearer {token}"
                 self._client = httpx.Client(
                     base_url=self.url + "/",
-                    headers=headers,
+                    headers=bearer_headers(self.token_env),
                     timeout=self.timeout_s,
                     transport=self._transport,
                     limits=httpx.Limits(max_connections=self.max_concurrency,
@@ -152,38 +145,25 @@ class HttpScorer:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        return retry_delay(attempt, response, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
-
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         client = self._http()
         what = f"http scorer {self.name!r}: {method} {self.url}/{path}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            response = None
-            try:
-                response = client.request(method, path, **kwargs)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout_s:g} s (timeout_s)"
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 400:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise HttpScorerError(f"{what} answered {response.status_code} with a non-JSON body") from None
-                reason = _reason(response)
-                if response.status_code not in RETRY_STATUSES:
-                    hint = ""
-                    if response.status_code == 401:
-                        hint = (f" (set the bearer token in ${self.token_env})" if self.token_env
-                                else " (the server needs a bearer token; set token_env)")
-                    raise HttpScorerError(f"{what} → {response.status_code}: {reason}{hint}")
-                last = f"{response.status_code}: {reason}"
-            if attempt < self.max_retries:
-                time.sleep(self._delay(attempt, response))
-        raise HttpScorerError(f"{what} failed after {self.max_retries + 1} attempt(s): {last}")
+
+        def refuse(response: httpx.Response, reason: str) -> HttpScorerError:
+            hint = ""
+            if response.status_code == 401:
+                hint = (f" (set the bearer token in ${self.token_env})" if self.token_env
+                        else " (the server needs a bearer token; set token_env)")
+            return HttpScorerError(f"{what} → {response.status_code}: {reason}{hint}")
+
+        response = http_request(lambda _: client.request(method, path, **kwargs), policy=self.retry_policy,
+                                what=what, timeout_s=self.timeout_s, timeout_hint=" (timeout_s)",
+                                refuse=refuse, error=HttpScorerError)
+        return json_body(response, what=what, error=HttpScorerError)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
 
     # ------------------------------------------------------------- model info
     def info(self) -> dict:
@@ -244,12 +224,3 @@ class HttpScorer:
             out[i] = verdict
         return out
 
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("reason") or body.get("detail") or body)[:500]
-    return str(body)[:500]

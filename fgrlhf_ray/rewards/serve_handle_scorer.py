@@ -12,10 +12,10 @@ results are awaited with `.result()`, which Serve forbids inside a running event
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
+from fgrlhf_ray.infra.http import RetryPolicy, Retryable, error_reason, with_retries
 from fgrlhf_ray.types import SegmentRewards
 
 
@@ -62,6 +62,11 @@ class ServeHandleScorer:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None}
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """1 s, 2 s, 4 s … between attempts, no jitter (the shared loop of `fgrlhf_ray.infra.http`)."""
+        return RetryPolicy(max_retries=self.max_retries, backoff_s=1.0, max_backoff_s=float("inf"), jitter=False)
+
     def handle(self):
         if self._handle is None:
             from ray import serve
@@ -100,20 +105,14 @@ class ServeHandleScorer:
         size = int(self.info()["max_batch_size"])
         pairs = list(zip(prompts, responses))
         chunks = [pairs[k : k + size] for k in range(0, len(pairs), size)]
-        last: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
+
+        def attempt(_: int) -> list:
             try:
                 calls = [self.handle().score.remote(chunk) for chunk in chunks]
-                verdicts = [v for call in calls for v in call.result(timeout_s=self.timeout_s)]
-                break
+                return [v for call in calls for v in call.result(timeout_s=self.timeout_s)]
             except Exception as exc:  # noqa: BLE001 — a dead replica, a timeout or a model error
-                last = exc
-                if attempt < self.max_retries:
-                    time.sleep(2.0**attempt)
-        else:
-            cause = getattr(last, "cause", None) or last
-            raise ServeScorerError(
-                f"serve scorer {self.name!r}: {self.app_name}/{self.deployment_name} failed after "
-                f"{self.max_retries + 1} attempt(s): {str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__}"
-            ) from last
+                raise Retryable(error_reason(exc)) from exc
+
+        verdicts = with_retries(attempt, policy=self.retry_policy, error=ServeScorerError,
+                                what=f"serve scorer {self.name!r}: {self.app_name}/{self.deployment_name}")
         return [SegmentRewards(v.segments, v.density, self.name, dict(v.extra)) for v in verdicts]

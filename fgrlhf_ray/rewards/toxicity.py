@@ -19,8 +19,8 @@ P(toxic | text) in [0, 1]. Two implementations:
   (default `PERSPECTIVE_API_KEY`; none sent when unset). Requests are rate limited
   client-side (`requests_per_second`, the API's quota is per second), at most
   `max_concurrency` are in flight, and timeouts, connection errors, 429 and 5xx are
-  retried with exponential backoff (honouring `Retry-After`), as in
-  `fgrlhf_ray.rewards.http_scorer`.
+  retried with exponential backoff (honouring `Retry-After`) by the shared client of
+  `fgrlhf_ray.infra.http`, as in `fgrlhf_ray.rewards.http_scorer`.
 
 `build_toxicity_scorer(config)` turns a `kind: toxicity` reward-model config into a
 `DetoxScorer` (the existing detox reward maths): density `sequence` gives the
@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
-from fgrlhf_ray.infra.http import retry_delay
-from fgrlhf_ray.rewards.http_scorer import RETRY_STATUSES, split_target
+from fgrlhf_ray.infra.http import RetryPolicy, http_request
+from fgrlhf_ray.rewards.http_scorer import split_target
 
 DEFAULT_KEY_ENV = "PERSPECTIVE_API_KEY"
 ANALYZE_PATH = "v1alpha1/comments:analyze"
@@ -86,20 +86,6 @@ def hf_toxicity_classifier(path: str, *, device: str = "cpu", batch_size: int = 
 
 
 # ----------------------------------------------------------------- HTTP client
-
-
-def _reason(response: httpx.Response) -> str:
-    """The error text of a reply: Perspective's `{"error": {"message": ...}}`, else the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:500]
-        return str(err or body.get("reason") or body.get("detail") or body)[:500]
-    return str(body)[:500]
 
 
 class RateLimiter:
@@ -196,8 +182,9 @@ class PerspectiveClient:
                 self._client.close()
             self._client = None
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        return retry_delay(attempt, response, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
 
     def _score_one(self, text: str) -> float:
         key = os.environ.get(self.key_env, "") if self.key_env else ""
@@ -205,31 +192,22 @@ class PerspectiveClient:
         body = {"comment": {"text": text}, "requestedAttributes": {self.attribute: {}},
                 "languages": self.languages, "doNotStore": True}
         what = f"toxicity API {self.endpoint}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
+
+        def send(_: int) -> httpx.Response:
             self.limiter.acquire()
-            response = None
             with self._lock:
                 self.requests_sent += 1
-            try:
-                response = self._http().post(self.endpoint, params=params, json=body)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout_s:g} s"
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 400:
-                    return self._parse(response, what)
-                reason = _reason(response)
-                if response.status_code not in RETRY_STATUSES:
-                    hint = ""
-                    if response.status_code in (400, 401, 403) and self.key_env:
-                        hint = f" (is the API key in ${self.key_env} valid?)" if key else f" (${self.key_env} is not set)"
-                    raise ToxicityApiError(f"{what} → {response.status_code}: {reason}{hint}")
-                last = f"{response.status_code}: {reason}"
-            if attempt < self.max_retries:
-                time.sleep(self._delay(attempt, response))
-        raise ToxicityApiError(f"{what} failed after {self.max_retries + 1} attempt(s): {last}")
+            return self._http().post(self.endpoint, params=params, json=body)
+
+        def refuse(response: httpx.Response, reason: str) -> ToxicityApiError:
+            hint = ""
+            if response.status_code in (400, 401, 403) and self.key_env:
+                hint = f" (is the API key in ${self.key_env} valid?)" if key else f" (${self.key_env} is not set)"
+            return ToxicityApiError(f"{what} → {response.status_code}: {reason}{hint}")
+
+        response = http_request(send, policy=self.retry_policy, what=what, timeout_s=self.timeout_s,
+                                refuse=refuse, error=ToxicityApiError)
+        return self._parse(response, what)
 
     def _parse(self, response: httpx.Response, what: str) -> float:
         try:
