@@ -25,11 +25,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fgrlhf_ray.data.rm_data import (
-    EditPair,
     SplitSpec,
     group_fingerprint,
     read_edit_jsonl,
@@ -347,6 +347,149 @@ def _evaluate_and_report(rm, cfg: RewardModelTrainConfig, dev_examples: list, me
         session.report(metrics, tmp if rank == 0 else None, f"epoch_{epoch}")
 
 
+def _worker_device(cfg: RewardModelTrainConfig, local: bool) -> str:
+    """The torch device of this worker: Ray Train's device for its GPU, "cuda" in-process, else "cpu"."""
+    if not cfg.use_gpu:
+        return "cpu"
+    if local:
+        return "cuda"
+    import ray.train.torch as rtt
+
+    return str(rtt.get_device())
+
+
+def _encode_training_inputs(rm, cfg: RewardModelTrainConfig, examples: list, *, rank: int) -> tuple[list[dict], dict]:
+    """Encode the training examples once (tokenisation and passage selection are the same
+    every epoch); returns (the model inputs, the summed cut statistics). Rank 0 logs them.
+
+    Raises `DataError` when no example gives an input.
+    """
+    features: list[dict] = []
+    skipped = 0
+    for ex in examples:
+        f = rm.features(ex)
+        skipped += not f
+        features += f
+    cut = _feature_stats(features)
+    if rank == 0:
+        logger.info("encoded %d training inputs (%d examples gave none: unchanged after tokenisation); cuts: %s",
+                    len(features), skipped, cut)
+        if cut.get("context_tokens"):
+            logger.info("passages: %.1f%% of %d passage tokens cut (%s selection)",
+                        100 * cut.get("context_tokens_cut", 0) / cut["context_tokens"], cut["context_tokens"],
+                        cfg.context_selection)
+    if not features:
+        raise DataError("no training inputs after encoding (all examples were skipped)")
+    return features, cut
+
+
+@dataclass
+class _Schedule:
+    """How the training inputs are shared and stepped through (derived once, before the
+    optimiser's learning-rate schedule is built from `total_steps`)."""
+
+    per_rank: int  # training inputs each rank trains on per epoch (all of them with one worker)
+    steps_per_epoch: int  # ceil(per_rank / batch_size)
+    total_steps: int  # steps_per_epoch * epochs, capped by max_steps
+
+
+def _schedule(n_features: int, world: int, cfg: RewardModelTrainConfig) -> _Schedule:
+    """The per-rank share and step counts; `DataError` when a rank would get no input."""
+    per_rank = n_features // world if world > 1 else n_features
+    if per_rank == 0:
+        raise DataError(f"{n_features} training inputs cannot be shared by {world} workers")
+    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    return _Schedule(per_rank, steps_per_epoch, total_steps)
+
+
+@dataclass
+class _Optimisation:
+    """What one training step uses; built by `_prepare_optimisation` for the strategy."""
+
+    module: Any  # what `compute_loss` runs: the network, its DDP wrapper or the DeepSpeed engine
+    engine: Any  # the DeepSpeed engine (it steps optimiser and schedule itself), or None
+    optimizer: Any
+    scheduler: Any
+
+
+def _prepare_optimisation(rm, cfg: RewardModelTrainConfig, *, world: int, total_steps: int) -> _Optimisation:
+    """AdamW with linear warm-up and decay over `total_steps`, wrapped for the strategy:
+    a DeepSpeed engine (ZeRO `cfg.zero_stage`), DDP over several Ray Train workers, or as is."""
+    import torch
+
+    optimizer = torch.optim.AdamW(_param_groups(rm.network, cfg.weight_decay, cfg.lr, cfg.head_lr), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps)))
+    module: Any = rm.network
+    engine = None
+    if cfg.resolved_strategy() == "deepspeed":
+        import deepspeed
+
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": cfg.max_grad_norm,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.bf16},
+            "steps_per_print": 10**9,
+        }
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=rm.network, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        module = engine
+    elif world > 1:
+        import ray.train.torch as rtt
+
+        module = rtt.prepare_model(rm.network, move_to_device=False)
+    return _Optimisation(module, engine, optimizer, scheduler)
+
+
+def _train_epoch(rm, cfg: RewardModelTrainConfig, features: list[dict], opt: _Optimisation, sched: _Schedule, *,
+                 epoch: int, step: int, rank: int, world: int) -> tuple[int, dict]:
+    """Train one epoch (stopping early at `cfg.max_steps`); returns (the global step after it,
+    the epoch's metrics: epoch, step, mean train_loss, epoch_seconds).
+
+    Each rank takes its `per_rank` share of one shuffle seeded by (seed, epoch), so every
+    rank computes the same order.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    order = list(range(len(features)))
+    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+    mine = order[rank::world][: sched.per_rank] if world > 1 else order
+    rm.network.train()
+    bar = tqdm(total=sched.steps_per_epoch, desc=f"[{rm.name}] epoch {epoch}/{cfg.epochs}",
+               disable=rank != 0 or not cfg.progress_bar, file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
+    run_loss, n_loss, t0 = 0.0, 0, time.time()
+    for i in range(0, len(mine), cfg.batch_size):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        batch = rm.collate([features[j] for j in mine[i : i + cfg.batch_size]])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and opt.engine is None):
+            loss, _ = rm.compute_loss(batch, opt.module)
+        if opt.engine is not None:
+            opt.engine.backward(loss)
+            opt.engine.step()
+        else:
+            opt.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rm.network.parameters(), cfg.max_grad_norm)
+            opt.optimizer.step()
+            opt.scheduler.step()
+        step += 1
+        run_loss += loss.item()
+        n_loss += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{run_loss / n_loss:.4f}", lr=f"{opt.scheduler.get_last_lr()[0]:.2e}")
+    bar.close()
+    metrics: dict = {"epoch": epoch, "step": step, "train_loss": run_loss / max(1, n_loss),
+                     "epoch_seconds": time.time() - t0}
+    return step, metrics
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """One worker's training (Ray Train worker or this process).
 
@@ -367,115 +510,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
         splits = ray.get(splits)
     torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    strategy = cfg.resolved_strategy()
-    if cfg.use_gpu:
-        if local:
-            device = "cuda"
-        else:
-            import ray.train.torch as rtt
 
-            device = str(rtt.get_device())
-    else:
-        device = "cpu"
-
-    rm = build_rm(cfg, device=device)
+    rm = build_rm(cfg, device=_worker_device(cfg, local))
     if rm.kind == "segment_classifier":
         rm.class_weights = torch.tensor([1.0, cfg.error_class_weight])
     if rm.kind == "token_level":
         rm.changed_token_loss_weight = cfg.changed_token_loss_weight
 
-    # Pre-encode once: tokenisation + passage selection are the same every epoch.
-    features: list[dict] = []
-    skipped = 0
-    for ex in splits["train"]:
-        f = rm.features(ex)
-        skipped += not f
-        features += f
-    cut = _feature_stats(features)
-    if rank == 0:
-        logger.info("encoded %d training inputs (%d examples gave none: unchanged after tokenisation); cuts: %s",
-                    len(features), skipped, cut)
-        if cut.get("context_tokens"):
-            logger.info("passages: %.1f%% of %d passage tokens cut (%s selection)",
-                        100 * cut.get("context_tokens_cut", 0) / cut["context_tokens"], cut["context_tokens"],
-                        cfg.context_selection)
-    if not features:
-        raise DataError("no training inputs after encoding (all examples were skipped)")
+    features, cut = _encode_training_inputs(rm, cfg, splits["train"], rank=rank)
     if rm.metadata.segment_features:
         _init_feature_head(rm, features, cfg.error_class_weight, log=rank == 0)
-
-    per_rank = len(features) // world if world > 1 else len(features)
-    if per_rank == 0:
-        raise DataError(f"{len(features)} training inputs cannot be shared by {world} workers")
-    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-
-    optimizer = torch.optim.AdamW(_param_groups(rm.network, cfg.weight_decay, cfg.lr, cfg.head_lr), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps)))
-    module: Any = rm.network
-    engine = None
-    if strategy == "deepspeed":
-        import deepspeed
-
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.batch_size,
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": cfg.max_grad_norm,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "bf16": {"enabled": cfg.bf16},
-            "steps_per_print": 10**9,
-        }
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=rm.network, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-        )
-        module = engine
-    elif world > 1:
-        import ray.train.torch as rtt
-
-        module = rtt.prepare_model(rm.network, move_to_device=False)
-
-    from tqdm.auto import tqdm
+    sched = _schedule(len(features), world, cfg)
+    opt = _prepare_optimisation(rm, cfg, world=world, total_steps=sched.total_steps)
 
     if rm.metadata.segment_features and splits["dev"]:
         # The warm-started feature head alone is a candidate too ("epoch 0"): with little
         # data, fine-tuning the encoder may add more noise than signal, and dev decides.
         _evaluate_and_report(rm, cfg, splits["dev"], {"epoch": 0, "step": 0, "train_loss": None}, cut, session,
-                             engine, rank)
+                             opt.engine, rank)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
-        order = list(range(len(features)))
-        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-        mine = order[rank::world][:per_rank] if world > 1 else order
-        rm.network.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"[{rm.name}] epoch {epoch}/{cfg.epochs}",
-                   disable=rank != 0 or not cfg.progress_bar, file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
-        run_loss, n_loss, t0 = 0.0, 0, time.time()
-        for i in range(0, len(mine), cfg.batch_size):
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-            batch = rm.collate([features[j] for j in mine[i : i + cfg.batch_size]])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and engine is None):
-                loss, _ = rm.compute_loss(batch, module)
-            if engine is not None:
-                engine.backward(loss)
-                engine.step()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(rm.network.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-            step += 1
-            run_loss += loss.item()
-            n_loss += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{run_loss / n_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        bar.close()
-        metrics: dict = {"epoch": epoch, "step": step, "train_loss": run_loss / max(1, n_loss),
-                         "epoch_seconds": time.time() - t0}
-        _evaluate_and_report(rm, cfg, splits["dev"], metrics, cut, session, engine, rank)
+        step, metrics = _train_epoch(rm, cfg, features, opt, sched, epoch=epoch, step=step, rank=rank, world=world)
+        _evaluate_and_report(rm, cfg, splits["dev"], metrics, cut, session, opt.engine, rank)
         if cfg.max_steps and step >= cfg.max_steps:
             break
 
