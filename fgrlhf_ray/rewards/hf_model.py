@@ -21,7 +21,6 @@ from fgrlhf_ray.rewards.base import (
     METADATA_FILE,
     TASKS,
     RMMetadata,
-    check_pair_lengths,
     default_backbone_path,
 )
 from fgrlhf_ray.types import SegmentRewards
@@ -142,49 +141,21 @@ class HFRewardModel:
         the pretrained backbone (or of the `feature_encoder` folder) as sentence encoder,
         explicit features `feature_names` (groups or names, `segment_features.FEATURE_GROUPS`;
         None = the base ten), and both heads start at zero."""
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer
 
         if task not in TASKS or TASKS[task][0] != cls.kind:
             allowed = [t for t, (k, _) in TASKS.items() if k == cls.kind]
             raise ConfigError(f"{cls.__name__} cannot learn task {task!r}; allowed: {', '.join(allowed)}")
         path = backbone or default_backbone_path()
-        if not Path(path).exists():
-            raise ConfigError(f"backbone folder not found: {path} (a local Hugging Face model folder is needed; no network)")
-        hf_config = AutoConfig.from_pretrained(path)
+        hf_config, tokenizer = _backbone_config_and_tokenizer(path, max_length)
         is_decoder = _is_decoder_config(hf_config)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        model_max = getattr(hf_config, "max_position_embeddings", None)
-        if model_max and max_length > model_max:
-            raise ConfigError(f"max_length={max_length} exceeds the backbone's max_position_embeddings={model_max}")
-        if segment_features and cls.kind != "segment_classifier":
-            raise ConfigError(f"segment_features applies to segment RMs (relevance, factuality), not {task!r}")
-        names = None
-        if segment_features:
-            from fgrlhf_ray.rewards.segment_features import resolve_feature_names
-
-            try:
-                names = list(resolve_feature_names(feature_names))
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        elif feature_names or feature_encoder:
-            raise ConfigError("feature_names / feature_encoder need segment_features=True")
+        names = _segment_feature_names(cls.kind, task, segment_features, feature_names, feature_encoder)
         enc_path = feature_encoder or path
         if segment_features and not Path(enc_path).exists():
             raise ConfigError(f"feature encoder folder not found: {enc_path} (a local Hugging Face model folder)")
         backbone_model = _drop_pooler(AutoModel.from_pretrained(path))
-        torch.manual_seed(seed)
-        hidden = _hidden_size(hf_config)
-        network = RMNetwork(backbone_model, hidden, cls.out_dim, n_features=len(names) if names else 0)
-        with torch.no_grad():
-            network.head.weight.normal_(0.0, 0.02)
-            network.head.bias.zero_()
-            if network.feature_head is not None:
-                # Untrained = the feature head's prediction alone (warm-started by the trainer).
-                network.head.weight.zero_()
-                network.feature_head.weight.zero_()
-                network.feature_head.bias.zero_()
+        network = _fresh_network(backbone_model, _hidden_size(hf_config), cls.out_dim,
+                                 n_features=len(names) if names else 0, seed=seed)
         encoder = None
         if segment_features and _needs_encoder(names):  # word-only features need no encoder
             enc_tok = tokenizer if feature_encoder is None else AutoTokenizer.from_pretrained(enc_path)
@@ -293,6 +264,68 @@ class HFRewardModel:
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[SegmentRewards]:  # pragma: no cover
         raise NotImplementedError
+
+
+def _backbone_config_and_tokenizer(path: str, max_length: int) -> tuple[Any, Any]:
+    """The backbone folder's HF config and tokenizer (pad token defaulted to EOS / UNK), after
+    checking that the folder exists and that `max_length` fits its position embeddings.
+
+    Split out of `HFRewardModel.from_backbone` so its errors come before any weights load.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not Path(path).exists():
+        raise ConfigError(f"backbone folder not found: {path} (a local Hugging Face model folder is needed; no network)")
+    hf_config = AutoConfig.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model_max = getattr(hf_config, "max_position_embeddings", None)
+    if model_max and max_length > model_max:
+        raise ConfigError(f"max_length={max_length} exceeds the backbone's max_position_embeddings={model_max}")
+    return hf_config, tokenizer
+
+
+def _segment_feature_names(kind: str, task: str, segment_features: bool, feature_names: Sequence[str] | None,
+                           feature_encoder: str | None) -> list[str] | None:
+    """The explicit feature names of a new RM (None without `segment_features`), resolved from
+    groups or names; `ConfigError` when the options do not fit together or name no feature.
+
+    Split out of `HFRewardModel.from_backbone`: the option checks of the segment features.
+    """
+    if segment_features and kind != "segment_classifier":
+        raise ConfigError(f"segment_features applies to segment RMs (relevance, factuality), not {task!r}")
+    if segment_features:
+        from fgrlhf_ray.rewards.segment_features import resolve_feature_names
+
+        try:
+            return list(resolve_feature_names(feature_names))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if feature_names or feature_encoder:
+        raise ConfigError("feature_names / feature_encoder need segment_features=True")
+    return None
+
+
+def _fresh_network(backbone: nn.Module, hidden_size: int, out_dim: int, *, n_features: int, seed: int) -> RMNetwork:
+    """An `RMNetwork` with a seeded random head: `head.weight` (out_dim, H) ~ N(0, 0.02²),
+    bias zero. With explicit features (`n_features` F > 0) both `head.weight` and the
+    `feature_head` (out_dim, F) start at zero: the untrained model is the feature head's
+    prediction alone, which the trainer warm-starts.
+
+    `torch.manual_seed(seed)` runs just before the heads are created, so the same seed gives
+    the same head whatever ran before.
+    """
+    torch.manual_seed(seed)
+    network = RMNetwork(backbone, hidden_size, out_dim, n_features=n_features)
+    with torch.no_grad():
+        network.head.weight.normal_(0.0, 0.02)
+        network.head.bias.zero_()
+        if network.feature_head is not None:
+            network.head.weight.zero_()
+            network.feature_head.weight.zero_()
+            network.feature_head.bias.zero_()
+    return network
 
 
 def _drop_pooler(backbone: nn.Module) -> nn.Module:
