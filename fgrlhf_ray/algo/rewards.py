@@ -17,13 +17,14 @@ response length, L_i ≤ T the real length of sample i (``action_mask[i].sum()``
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from fgrlhf_ray.algo.kl import kl_penalty
 from fgrlhf_ray.algo.losses import masked_mean
+from fgrlhf_ray.algo.weighting import RewardSpec, weighted_values
 
 __all__ = [
     "token_char_offsets",
@@ -205,7 +206,7 @@ class ScorerOutput:
         rewards: per sample (length B) a list of ``(char_end, value)`` pairs. For
             density "token" a sample may instead be a plain list of L_i floats, one per
             *policy* response token (already aligned, no offsets needed).
-        weight: w in ``w · (v − μ) / σ``.
+        weight: w in ``w · (v − μ) / σ`` (`algo.weighting`, the one weighting rule).
         mean, std: μ, σ (e.g. the RM's training-score statistics; defaults leave v as is).
         batch_normalize: if True, μ and σ are instead computed over all of this
             scorer's values in the batch (population std; σ < 1e-8 → 1).
@@ -227,6 +228,11 @@ class ScorerOutput:
             raise ValueError(f"ScorerOutput {name!r}: mixed densities {sorted(densities)} in one batch")
         density = densities.pop() if densities else "sequence"
         return cls(name=name, density=density, rewards=[v.char_ends_and_values() for v in verdicts], **kwargs)
+
+    @classmethod
+    def from_spec(cls, spec: RewardSpec, verdicts: Sequence) -> "ScorerOutput":
+        """`from_segment_rewards` weighed as `spec` says (its name, w, μ, σ)."""
+        return cls.from_segment_rewards(spec.name, verdicts, weight=spec.weight, mean=spec.mean, std=spec.std)
 
 
 _DENSITIES = ("sub_sentence", "sentence", "sequence", "token")
@@ -336,8 +342,8 @@ def place_segment_rewards(
                 else:
                     idx = char_ends_to_token_index(token_offsets[i], ends)
             raw_values.extend(vals)
-            for t, v in zip(idx, vals):
-                contrib[i, t] += scorer.weight * (v - mu) / sigma
+            contrib[i].index_add_(0, torch.tensor(idx, dtype=torch.long),
+                                  weighted_values(vals, weight=scorer.weight, mean=mu, std=sigma))
         per_scorer[scorer.name] = contrib.float()
         scores += contrib
         key = f"reward/{scorer.name}"
@@ -368,7 +374,8 @@ def total_token_rewards(
         rewards: (B, T).
         stats: ``kl`` (mean over samples of Σ_t kl_t — the quantity an adaptive KL
             controller targets), ``kl_token_mean`` (masked mean of kl_t),
-            ``score`` (mean Σ_t scores_t), ``reward`` (mean Σ_t r_t), ``beta``.
+            ``score`` (mean Σ_t scores_t), ``reward`` (mean Σ_t r_t). (β itself is logged once, as
+            the controller's ``kl_coef``.)
     """
     m = mask.bool()
     kl = kl_penalty(logprobs, ref_logprobs, mask, estimator=estimator)
@@ -379,7 +386,6 @@ def total_token_rewards(
         "kl_token_mean": float(masked_mean(kl, mask)),
         "score": float(scores.sum(dim=1).mean()) if scores.numel() else 0.0,
         "reward": float(rewards.sum(dim=1).mean()) if rewards.numel() else 0.0,
-        "beta": float(beta),
     }
     return rewards, stats
 

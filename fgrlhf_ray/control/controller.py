@@ -43,6 +43,7 @@ import torch
 from fgrlhf_ray.algo.experience import assemble_experience, pad_rollout
 from fgrlhf_ray.algo.kl import AdaptiveKLController, FixedKLController
 from fgrlhf_ray.algo.rewards import ScorerOutput, token_char_offsets
+from fgrlhf_ray.algo.weighting import RewardSpec, sample_rewards
 from fgrlhf_ray.config import RunConfig
 from fgrlhf_ray.control.services import (
     LEARNER_PARTICIPANTS, ROLLOUT_PARTICIPANTS, Handle, InProcessRuntime, LearnerService, PhaseFailed,
@@ -83,14 +84,7 @@ class StepResult:
     experience: Experience | None = None
 
 
-@dataclass
-class ScorerSpec:
-    """How a scorer's raw values become per-token rewards (from its RewardModelConfig)."""
-
-    name: str
-    weight: float
-    mean: float = 0.0
-    std: float = 1.0
+ScorerSpec = RewardSpec  # how a scorer's raw values become rewards (name, w, μ, σ: `algo.weighting`)
 
 
 @dataclass
@@ -260,11 +254,7 @@ class PPOController:
         padded = pad_rollout(rollout, pad_token_id=self.pad_token_id)
         offsets = [token_char_offsets(ids, self.decode, text=text)
                    for ids, text in zip(rollout.response_ids, rollout.responses)]
-        outputs = [
-            ScorerOutput.from_segment_rewards(spec.name, verdicts[spec.name], weight=spec.weight,
-                                              mean=spec.mean, std=spec.std)
-            for spec in self.scorer_specs
-        ]
+        outputs = [ScorerOutput.from_spec(spec, verdicts[spec.name]) for spec in self.scorer_specs]
         return assemble_experience(
             sequences=padded.sequences,
             attention_mask=padded.attention_mask,
@@ -472,8 +462,8 @@ class PPOController:
         metrics = {"eval/response_length": sum(map(len, rollout.response_ids)) / max(len(rollout), 1)}
         total = 0.0
         for spec in self.scorer_specs:
-            per_sample = [spec.weight * sum((seg.value - spec.mean) / spec.std for seg in v.segments)
-                          for v in verdicts[spec.name]]
+            per_sample = sample_rewards([[seg.value for seg in v.segments] for v in verdicts[spec.name]],
+                                        weight=spec.weight, mean=spec.mean, std=spec.std)
             metrics[f"eval/reward/{spec.name}"] = sum(per_sample) / max(len(per_sample), 1)
             total += metrics[f"eval/reward/{spec.name}"]
         metrics["eval/reward/total"] = total

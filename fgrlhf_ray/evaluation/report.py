@@ -19,21 +19,14 @@ returns the metrics dict plus one row per sample for the generations file. Metri
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from fgrlhf_ray.algo.weighting import RewardSpec, sample_rewards, weighted_values
 from fgrlhf_ray.evaluation import metrics as M
 from fgrlhf_ray.evaluation.data import EvalItem
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
 
 
-@dataclass(frozen=True)
-class RMSpec:
-    """How one reward model's raw values are weighed (as `controller.ScorerSpec`)."""
-
-    name: str
-    weight: float = 1.0
-    mean: float = 0.0
-    std: float = 1.0
+RMSpec = RewardSpec  # how one reward model's raw values are weighed (`algo.weighting`)
 
 
 def _is_correct(seg) -> bool:
@@ -86,7 +79,8 @@ def summarize(
     # Reward models: weighted, normalised mean reward per RM and in total.
     total = [0.0] * n
     for spec in specs:
-        per = [spec.weight * sum((s.value - spec.mean) / spec.std for s in v.segments) for v in verdicts[spec.name]]
+        per = sample_rewards([[s.value for s in v.segments] for v in verdicts[spec.name]],
+                             weight=spec.weight, mean=spec.mean, std=spec.std)
         for i, r in enumerate(per):
             rows[i]["rewards"][spec.name] = r
             total[i] += r
@@ -102,8 +96,8 @@ def summarize(
             out[key] = M.pooled_ratio([sum(map(_is_correct, s)) for s in segs], [len(s) for s in segs])
     if completeness in verdicts:
         spec = by_name.get(completeness, RMSpec(completeness))
-        out["completeness_normalized"] = M.mean(
-            [(sum(s.value for s in v.segments) - spec.mean) / spec.std for v in verdicts[completeness]])
+        raw = [sum(s.value for s in v.segments) for v in verdicts[completeness]]
+        out["completeness_normalized"] = M.mean(weighted_values(raw, mean=spec.mean, std=spec.std).tolist())
 
     # Length and diversity.
     out["length/tokens"] = M.mean([len(ids) for ids in rollout.response_ids])
