@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -284,48 +285,21 @@ def segment_feature_rows(
     if unknown:
         raise ValueError(f"unknown segment feature(s) {unknown}; known: {', '.join(FEATURES)}")
     want = set(names)
-    sims = segment_embeddings @ segment_embeddings.T  # (n, n) cosine similarities
-    to_question = segment_embeddings @ question_embedding  # (n,)
-    to_response = segment_embeddings @ response_embedding  # (n,)
-    to_passages = None
-    if passage_sentences and "evidence_similarity" in want:
-        if passage_embeddings is None or passage_embeddings.shape[0] != len(passage_sentences):
-            raise ValueError("evidence_similarity needs one passage embedding per passage sentence")
-        to_passages = segment_embeddings @ passage_embeddings.T  # (n, S)
+    sim = _similarities(segment_embeddings, question_embedding, response_embedding, passage_embeddings,
+                        n_passage_sentences=len(passage_sentences),
+                        need_passages=bool(passage_sentences) and "evidence_similarity" in want)
     q_words = _words(question)
     seg_words = [word_list(t) for t in segments]
     sent_words = [word_list(s) for s in passage_sentences]
     sent_words = [s for s in sent_words if s]
-    best_q = float(to_question.max())
+    best_q = float(sim.question.max())
     linked = question_linked_words(question, passage_sentences) if "question_link_share" in want else set()
     rows = []
     for k, text in enumerate(segments):
-        s_words = set(seg_words[k])
-        shared = len(s_words & q_words)
-        f = {
-            "index": float(k),
-            "relative_position": k / (n - 1) if n > 1 else 0.0,
-            "n_segments": float(n),
-            "question_similarity": float(to_question[k]),
-            "max_similarity_previous": float(sims[k, :k].max()) if k > 0 else 0.0,
-            "max_similarity_next": float(sims[k, k + 1 :].max()) if k < n - 1 else 0.0,
-            "response_similarity": float(to_response[k]),
-            "question_word_overlap": shared / len(s_words) if s_words else 0.0,
-            "question_word_coverage": shared / len(q_words) if q_words else 0.0,
-            "n_words": float(len(text.split())),
-            "question_similarity_gap": float(to_question[k]) - best_q,
-            "has_evidence": 1.0 if sent_words else 0.0,
-            "evidence_similarity": float(to_passages[k].max()) if to_passages is not None else 0.0,
-        }
+        f = _position_and_question_features(k, n, text, set(seg_words[k]), q_words, sim, best_q=best_q,
+                                            has_evidence=bool(sent_words))
         if want & {"previous_word_containment", "previous_trigram_share"}:
-            earlier = seg_words[:k]
-            f["previous_word_containment"] = (
-                max(len(s_words & set(e)) / len(s_words) for e in earlier) if earlier and s_words else 0.0
-            )
-            g = 3 if len(seg_words[k]) >= 3 else max(1, len(seg_words[k]))
-            mine = _ngrams(seg_words[k], g)
-            seen = set().union(*(_ngrams(e, g) for e in earlier)) if earlier else set()
-            f["previous_trigram_share"] = len(mine & seen) / len(mine) if mine else 0.0
+            f.update(_previous_segment_features(seg_words, k))
         if any(x.startswith("evidence_") and x != "evidence_similarity" for x in want):
             f.update(evidence_match_stats(seg_words[k], sent_words))
         if "question_link_share" in want:
@@ -333,6 +307,71 @@ def segment_feature_rows(
                                         if seg_words[k] else 0.0)
         rows.append([f[x] for x in names])
     return rows
+
+
+@dataclass(frozen=True)
+class _Similarities:
+    """The cosine similarities of one response's n segments (embeddings are unit-norm, so
+    these are dot products); computed once per response by `_similarities`."""
+
+    segments: torch.Tensor  # (n, n) segment × segment
+    question: torch.Tensor  # (n,) segment · question
+    response: torch.Tensor  # (n,) segment · whole response
+    passages: torch.Tensor | None  # (n, S) segment × passage sentence; None when not needed
+
+
+def _similarities(segment_embeddings: torch.Tensor, question_embedding: torch.Tensor,
+                  response_embedding: torch.Tensor, passage_embeddings: torch.Tensor | None, *,
+                  n_passage_sentences: int, need_passages: bool) -> _Similarities:
+    """Similarities from (n, H) segment, (H,) question and (H,) response embeddings and, with
+    `need_passages` (passages present and ``evidence_similarity`` wanted), the (S, H)
+    passage-sentence embeddings; `ValueError` unless S == `n_passage_sentences` then."""
+    segments = segment_embeddings @ segment_embeddings.T  # (n, n)
+    question = segment_embeddings @ question_embedding  # (n,)
+    response = segment_embeddings @ response_embedding  # (n,)
+    passages = None
+    if need_passages:
+        if passage_embeddings is None or passage_embeddings.shape[0] != n_passage_sentences:
+            raise ValueError("evidence_similarity needs one passage embedding per passage sentence")
+        passages = segment_embeddings @ passage_embeddings.T  # (n, S)
+    return _Similarities(segments=segments, question=question, response=response, passages=passages)
+
+
+def _position_and_question_features(k: int, n: int, text: str, s_words: set[str], q_words: set[str],
+                                    sim: _Similarities, *, best_q: float, has_evidence: bool) -> dict[str, float]:
+    """The features every row computes (cheap): position among the `n` segments, the
+    similarities and the word overlap with the question, ``has_evidence`` and
+    ``evidence_similarity`` of segment `k` (`s_words`: its word set; `best_q`: the largest
+    segment-question similarity)."""
+    shared = len(s_words & q_words)
+    return {
+        "index": float(k),
+        "relative_position": k / (n - 1) if n > 1 else 0.0,
+        "n_segments": float(n),
+        "question_similarity": float(sim.question[k]),
+        "max_similarity_previous": float(sim.segments[k, :k].max()) if k > 0 else 0.0,
+        "max_similarity_next": float(sim.segments[k, k + 1 :].max()) if k < n - 1 else 0.0,
+        "response_similarity": float(sim.response[k]),
+        "question_word_overlap": shared / len(s_words) if s_words else 0.0,
+        "question_word_coverage": shared / len(q_words) if q_words else 0.0,
+        "n_words": float(len(text.split())),
+        "question_similarity_gap": float(sim.question[k]) - best_q,
+        "has_evidence": 1.0 if has_evidence else 0.0,
+        "evidence_similarity": float(sim.passages[k].max()) if sim.passages is not None else 0.0,
+    }
+
+
+def _previous_segment_features(seg_words: Sequence[list[str]], k: int) -> dict[str, float]:
+    """Lexical redundancy of segment `k` with segments 0..k−1 (``previous_word_containment``,
+    ``previous_trigram_share``; word bigrams or unigrams for segments under 3 words)."""
+    s_words = set(seg_words[k])
+    earlier = seg_words[:k]
+    containment = max(len(s_words & set(e)) / len(s_words) for e in earlier) if earlier and s_words else 0.0
+    g = 3 if len(seg_words[k]) >= 3 else max(1, len(seg_words[k]))
+    mine = _ngrams(seg_words[k], g)
+    seen = set().union(*(_ngrams(e, g) for e in earlier)) if earlier else set()
+    return {"previous_word_containment": containment,
+            "previous_trigram_share": len(mine & seen) / len(mine) if mine else 0.0}
 
 
 def standardize(rows: Sequence[Sequence[float]], norm: dict) -> list[list[float]]:
