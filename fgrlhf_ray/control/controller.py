@@ -56,11 +56,11 @@ from fgrlhf_ray.rewards.diagnostics import RewardMonitor, batch_diagnostics
 from fgrlhf_ray.infra.rng import capture_rng_state, restore_rng_state
 from fgrlhf_ray.data.segments import answer_shape
 from fgrlhf_ray.types import Experience, RolloutBatch, SegmentRewards
+from fgrlhf_ray.weight_sync.probe import ProbeGapError, check_probe_gaps
 
 log = logging.getLogger(__name__)
 
-class WeightSyncError(RuntimeError):
-    """vLLM's logprobs after a weight sync disagree with the learner's."""
+WeightSyncError = ProbeGapError  # vLLM's logprobs after a weight sync disagree with the learner's
 
 
 @dataclass
@@ -339,15 +339,9 @@ class PPOController:
             "engine": lambda: self.rollout.probe_logprobs(prompt_ids, response_ids),
             "learner": lambda: self.learner.probe_logprobs(prompt_ids, response_ids),
         })
-        gap = max(abs(a - b) for engine in got["engine"] for a, b in zip(engine, got["learner"], strict=True))
-        tolerance = self.config.learner.sync_probe_tolerance
+        gap = check_probe_gaps(got["learner"], got["engine"], self.config.learner.sync_probe_tolerance,
+                               when=f" after the sync at step {self.step + 1}", setting="learner.sync_probe_tolerance")
         log.info("weight sync: probe max |logp_vllm - logp_learner| = %.2e", gap)
-        if not gap <= tolerance:  # also catches NaN
-            raise WeightSyncError(
-                f"after the weight sync at step {self.step + 1}, vLLM's logprobs differ from the learner's by "
-                f"{gap:.3e} on the probe sequence (tolerance learner.sync_probe_tolerance={tolerance:g}). "
-                f"The engines are not running the learner's weights (a tied lm_head not included? dtype mismatch?)."
-            )
         return {**transport, "sync/probe_gap": gap}
 
     def _push_weights(self) -> Handle:

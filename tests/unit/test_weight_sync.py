@@ -237,3 +237,12 @@ def test_check_probe_gap_passes_and_raises():
         check_probe_gap(a, [-1.0, math.nan, -0.5], tolerance=1e-3)
     with pytest.raises(ValueError, match="same non-empty length"):
         check_probe_gap(a, a[:2], tolerance=1e-3)
+
+
+def test_check_probe_gaps_takes_the_worst_engine_and_names_the_setting():
+    from fgrlhf_ray.weight_sync.probe import check_probe_gaps
+
+    a = [-1.0, -2.0]
+    assert check_probe_gaps(a, [[-1.0, -2.0], [-1.0, -2.0005]], tolerance=1e-3) == pytest.approx(5e-4)
+    with pytest.raises(ProbeGapError, match=r"failed at step 3: .* by 5\.000e-01 .*tolerance learner\.tol=0\.001"):
+        check_probe_gaps(a, [[-1.0, -2.0], [-1.5, -2.0]], tolerance=1e-3, when=" at step 3", setting="learner.tol")
