@@ -129,17 +129,43 @@ def _as_int(v: Any) -> bool:
 
 
 def _parse_record(source: str, row: int, obj: Any) -> QAFeedbackRecord:
+    """One validated row; `DataError` "{source}: row {row}: problem" on the first problem."""
     if not isinstance(obj, dict):
         raise _fail(source, row, f"expected an object, got {type(obj).__name__}")
     q = obj.get("question")
     if not isinstance(q, str) or not q.strip():
         raise _fail(source, row, "'question' must be a non-empty string")
-    passages = obj.get("passages", [])
+    passages = _parse_passages(source, row, obj.get("passages", []))
+    predictions = _parse_predictions(source, row, obj)
+    rec = QAFeedbackRecord(source=source, row=row, question=q, passages=passages, predictions=predictions)
+    fb = obj.get("feedback")
+    if fb is not None:
+        if not isinstance(fb, dict):
+            raise _fail(source, row, "'feedback' must be an object")
+        rec.errors = _parse_error_spans(source, row, fb.get("errors", []), predictions[0])
+        rec.missing = _parse_missing_info(source, row, fb.get("missing-info", []), passages)
+        corrected = fb.get("corrected-prediction")
+        if corrected is not None and not isinstance(corrected, str):
+            raise _fail(source, row, "feedback.corrected-prediction must be a string")
+        rec.corrected = corrected
+    pref = obj.get("preference")
+    if pref is not None:
+        rec.preference = _parse_preference(source, row, pref, len(predictions))
+    return rec
+
+
+def _parse_passages(source: str, row: int, passages: Any) -> list[list[str]]:
+    """A row's 'passages': a list of non-empty [title, sentence, ...] string lists (checked, not copied)."""
     if not isinstance(passages, list):
         raise _fail(source, row, "'passages' must be a list of [title, sentence, ...] lists")
     for i, p in enumerate(passages):
         if not isinstance(p, list) or not p or not all(isinstance(s, str) for s in p):
             raise _fail(source, row, f"passages[{i}] must be a non-empty list of strings [title, sentence, ...]")
+    return passages
+
+
+def _parse_predictions(source: str, row: int, obj: dict) -> list[str]:
+    """The strings 'prediction 1', 'prediction 2', ... up to the first missing number (at least one)."""
     predictions: list[str] = []
     k = 1
     while f"prediction {k}" in obj:
@@ -150,73 +176,71 @@ def _parse_record(source: str, row: int, obj: Any) -> QAFeedbackRecord:
         k += 1
     if not predictions:
         raise _fail(source, row, "no 'prediction 1' field")
-    rec = QAFeedbackRecord(source=source, row=row, question=q, passages=passages, predictions=predictions)
+    return predictions
 
-    fb = obj.get("feedback")
-    if fb is not None:
-        if not isinstance(fb, dict):
-            raise _fail(source, row, "'feedback' must be an object")
-        errors = fb.get("errors", [])
-        if not isinstance(errors, list):
-            raise _fail(source, row, "feedback.errors must be a list")
-        pred1 = predictions[0]
-        rec.errors = []
-        for i, e in enumerate(errors):
-            where = f"feedback.errors[{i}]"
-            if not isinstance(e, dict):
-                raise _fail(source, row, f"{where} must be an object")
-            etype = e.get("error type")
-            if etype not in ERROR_TYPES:
-                raise _fail(source, row, f"{where}: unknown 'error type' {etype!r} (known: {', '.join(ERROR_TYPES)})")
-            s, t = e.get("start"), e.get("end")
-            if not (_as_int(s) and _as_int(t)):
-                raise _fail(source, row, f"{where}: 'start' and 'end' must be integers, got {s!r}, {t!r}")
-            if not 0 <= s < t <= len(pred1):
-                raise _fail(
-                    source, row,
-                    f"{where}: span [{s}, {t}) is outside 'prediction 1' (length {len(pred1)}); "
-                    "offsets are character (code point) indices",
-                )
-            rec.errors.append(ErrorSpan(etype, s, t))
-        missing = fb.get("missing-info", [])
-        if not isinstance(missing, list):
-            raise _fail(source, row, "feedback.missing-info must be a list")
-        rec.missing = []
-        for i, m in enumerate(missing):
-            where = f"feedback.missing-info[{i}]"
-            if not isinstance(m, dict):
-                raise _fail(source, row, f"{where} must be an object")
-            mtype = m.get("error type")
-            if mtype not in MISSING_TYPES:
-                raise _fail(source, row, f"{where}: unknown 'error type' {mtype!r} (known: {', '.join(MISSING_TYPES)})")
-            pid, sids = m.get("passage_id"), m.get("sentence_id")
-            if not _as_int(pid) or not 1 <= pid <= len(passages):
-                raise _fail(source, row, f"{where}: passage_id {pid!r} is not in 1..{len(passages)}")
-            if not isinstance(sids, list) or not all(_as_int(x) for x in sids):
-                raise _fail(source, row, f"{where}: sentence_id must be a list of integers, got {sids!r}")
-            # Index into the passage list [title, s1, ...]: 1..n are sentences; 0 (the
-            # title, found twice in the released dev data) is accepted and never counts
-            # as required information.
-            n_sent = len(passages[pid - 1]) - 1
-            bad = [x for x in sids if not 0 <= x <= n_sent]
-            if bad:
-                raise _fail(source, row, f"{where}: sentence_id {bad} not in 0..{n_sent} (passage {pid})")
-            rec.missing.append(MissingInfo(mtype, pid, tuple(sids)))
-        corrected = fb.get("corrected-prediction")
-        if corrected is not None and not isinstance(corrected, str):
-            raise _fail(source, row, "feedback.corrected-prediction must be a string")
-        rec.corrected = corrected
 
-    pref = obj.get("preference")
-    if pref is not None:
-        if not isinstance(pref, list) or len(pref) != len(PREFERENCE_PAIRS) or not all(
-            _as_int(x) and x in (0, 1, 2) for x in pref
-        ):
-            raise _fail(source, row, f"'preference' must be a list of 6 values in {{0, 1, 2}}, got {pref!r}")
-        if len(predictions) < 4:
-            raise _fail(source, row, f"'preference' needs 'prediction 1'..'prediction 4', found {len(predictions)}")
-        rec.preference = list(pref)
-    return rec
+def _parse_error_spans(source: str, row: int, errors: Any, pred1: str) -> list[ErrorSpan]:
+    """feedback.errors: typed [start, end) character spans inside 'prediction 1' (`pred1`)."""
+    if not isinstance(errors, list):
+        raise _fail(source, row, "feedback.errors must be a list")
+    out = []
+    for i, e in enumerate(errors):
+        where = f"feedback.errors[{i}]"
+        if not isinstance(e, dict):
+            raise _fail(source, row, f"{where} must be an object")
+        etype = e.get("error type")
+        if etype not in ERROR_TYPES:
+            raise _fail(source, row, f"{where}: unknown 'error type' {etype!r} (known: {', '.join(ERROR_TYPES)})")
+        s, t = e.get("start"), e.get("end")
+        if not (_as_int(s) and _as_int(t)):
+            raise _fail(source, row, f"{where}: 'start' and 'end' must be integers, got {s!r}, {t!r}")
+        if not 0 <= s < t <= len(pred1):
+            raise _fail(
+                source, row,
+                f"{where}: span [{s}, {t}) is outside 'prediction 1' (length {len(pred1)}); "
+                "offsets are character (code point) indices",
+            )
+        out.append(ErrorSpan(etype, s, t))
+    return out
+
+
+def _parse_missing_info(source: str, row: int, missing: Any, passages: list[list[str]]) -> list[MissingInfo]:
+    """feedback.missing-info: typed (1-based passage, sentence indices) references into `passages`."""
+    if not isinstance(missing, list):
+        raise _fail(source, row, "feedback.missing-info must be a list")
+    out = []
+    for i, m in enumerate(missing):
+        where = f"feedback.missing-info[{i}]"
+        if not isinstance(m, dict):
+            raise _fail(source, row, f"{where} must be an object")
+        mtype = m.get("error type")
+        if mtype not in MISSING_TYPES:
+            raise _fail(source, row, f"{where}: unknown 'error type' {mtype!r} (known: {', '.join(MISSING_TYPES)})")
+        pid, sids = m.get("passage_id"), m.get("sentence_id")
+        if not _as_int(pid) or not 1 <= pid <= len(passages):
+            raise _fail(source, row, f"{where}: passage_id {pid!r} is not in 1..{len(passages)}")
+        if not isinstance(sids, list) or not all(_as_int(x) for x in sids):
+            raise _fail(source, row, f"{where}: sentence_id must be a list of integers, got {sids!r}")
+        # Index into the passage list [title, s1, ...]: 1..n are sentences; 0 (the
+        # title, found twice in the released dev data) is accepted and never counts
+        # as required information.
+        n_sent = len(passages[pid - 1]) - 1
+        bad = [x for x in sids if not 0 <= x <= n_sent]
+        if bad:
+            raise _fail(source, row, f"{where}: sentence_id {bad} not in 0..{n_sent} (passage {pid})")
+        out.append(MissingInfo(mtype, pid, tuple(sids)))
+    return out
+
+
+def _parse_preference(source: str, row: int, pref: Any, n_predictions: int) -> list[int]:
+    """'preference': one value in {0, 1, 2} per pair of `PREFERENCE_PAIRS` (needs 4 predictions)."""
+    if not isinstance(pref, list) or len(pref) != len(PREFERENCE_PAIRS) or not all(
+        _as_int(x) and x in (0, 1, 2) for x in pref
+    ):
+        raise _fail(source, row, f"'preference' must be a list of 6 values in {{0, 1, 2}}, got {pref!r}")
+    if n_predictions < 4:
+        raise _fail(source, row, f"'preference' needs 'prediction 1'..'prediction 4', found {n_predictions}")
+    return list(pref)
 
 
 def load_qa_feedback(path: str | os.PathLike) -> list[QAFeedbackRecord]:
