@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.fgrlhf-installed
 
-.PHONY: install test test-fast demo bench clean-venv versions
+.PHONY: install browser test test-fast demo bench clean-venv versions
 
 install: $(STAMP) versions
 
 # Re-run only when the dependency spec changes: a second `make install` is a no-op.
 $(STAMP): pyproject.toml Makefile
+	$(MAKE) --no-print-directory browser
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	# torch 2.13.0 first: on this machine pip takes the local CPU build (2.13.0+cpu),
@@ -21,6 +22,15 @@ $(STAMP): pyproject.toml Makefile
 	# beside torch 2.13.0+cpu (transformers then crashes on import): remove them.
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true
 	touch $(STAMP)
+
+# Headless Chromium for the reward inspector's browser test (a system package, not a wheel):
+# Debian's `chromium` and `chromium-driver`, installed once with apt-get (as root, else sudo).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "make install: the browser test needs Debian's chromium and chromium-driver; install them as root:" \
+	     "apt-get install -y chromium chromium-driver" >&2; exit 1; fi
 
 versions:
 	@$(PY) scripts/print_versions.py

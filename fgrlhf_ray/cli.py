@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "fgrlhf_ray.serve.cli",  # fgrlhf serve
     "fgrlhf_ray.launch.trainer",  # fgrlhf train
     "fgrlhf_ray.launch.evaluation",  # fgrlhf eval
+    "fgrlhf_ray.inspector.cli",  # fgrlhf inspect
     "fgrlhf_ray.pipelines.edits",  # fgrlhf make-edits
     "fgrlhf_ray.pipelines.demo",  # fgrlhf demo
 ]

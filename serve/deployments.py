@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic.json_schema import models_json_schema
 from ray import serve
 
@@ -400,6 +400,16 @@ class ScoreIngress:
         ok = all(s == "ok" for s in states.values())
         body = HealthResponse(status="ok" if ok else "degraded", models=states)
         return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+    @api.get("/inspect", response_class=HTMLResponse, summary="The reward inspector, interactive (HTML page)")
+    async def inspect_page(self):
+        """Paste a prompt and responses; the page calls `/v1/models` and `/v1/score` itself, with a
+        bearer token typed into it (`fgrlhf_ray.inspector`). The page holds no token and no data."""
+        from fgrlhf_ray.inspector.render import content_security_policy, render_interactive_page
+
+        return HTMLResponse(render_interactive_page(api_base=self.config.route_prefix),
+                            headers={"Content-Security-Policy": content_security_policy(connect="'self'"),
+                                     "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
 # Last line of defence: an unexpected error still answers JSON (and is logged), never HTML.

@@ -17,6 +17,8 @@ fine-grained rewards beat a holistic reward on a task whose ground truth is know
                 same SFT policy with the same budget, through the real `fgrlhf train` stack
     evaluate    every saved PPO checkpoint (and the SFT policy = step 0) answers the test
                 questions greedily; the *oracle*, not a reward model, judges the answers
+    inspect     inspect.html: every policy's answers to 24 test questions with each fine-grained
+                RM's verdict per segment and the oracle's labels (`fgrlhf_ray.inspector`)
     report      report.md, results.json and curves.png (statistics in `demo_report`)
 
 Every stage writes `<out>/<stage>/stage.json` when it completes, holding a key computed from
@@ -547,6 +549,8 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
     final_quality: dict = {}
     samples: dict[str, list[dict]] = {"sft": [{"question": r["question"], "response": o}
                                               for r, o in zip(records[:5], sft_out)]}
+    # Every policy's greedy answers (first seed's final checkpoint): what inspect.html shows.
+    answers: dict[str, list[str]] = {"sft": sft_out}
     for arm, by_method in runs.items():
         curves[arm], final_quality[arm] = {}, {}
         for method, by_seed in by_method.items():
@@ -565,9 +569,34 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
                 if seed == next(iter(by_seed)):
                     samples[f"{arm}/{method}"] = [{"question": r["question"], "response": o}
                                                   for r, o in zip(records[:5], last_out)]
+                    answers[f"{arm}/{method}"] = last_out
     (d / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False))
+    (d / ANSWERS_FILE).write_text(json.dumps(answers, indent=1, ensure_ascii=False))
     return {"sft": sft_metrics, "sft_quality": sft_quality, "curves": curves, "final_quality": final_quality,
             "n_prompts": len(records)}
+
+
+ANSWERS_FILE = "answers.json"
+INSPECT_QUESTIONS = 24
+
+
+def stage_inspect(out: Path, *, data_dir: Path, evaluate_dir: Path, rms: dict, ppo: "DemoPPOSettings") -> dict:
+    """`<out>/inspect.html`: every policy's answers to the first test questions, with each
+    fine-grained reward model's verdict per segment and the oracle's labels as one more lane
+    (`fgrlhf_ray.inspector`). The learned RMs when the demo trained them, else the oracle's
+    function scorers; the holistic RM is left out (one score per answer: nothing spatial)."""
+    from fgrlhf_ray.inspector import write_demo_inspection
+
+    answers = json.loads((evaluate_dir / ANSWERS_FILE).read_text())
+    records = json.loads((data_dir / "test.json").read_text())[:INSPECT_QUESTIONS]
+    arm = "learned" if rms else "oracle"
+    path = write_demo_inspection(
+        out / "inspect.html", records, {p: a[: len(records)] for p, a in answers.items()},
+        reward_config=reward_models_of(arm, "fine_grained", rms=rms, ppo=ppo), oracle_labels=True,
+        title="fgrlhf demo: every policy's answers, every reward model's verdict",
+        notes=[f"{len(records)} test questions answered greedily; marks by the {arm} arm's fine-grained "
+               "reward models; the `oracle` lane is the synthetic world's own labels"])
+    return {"path": str(path), "questions": len(records), "policies": list(answers)}
 
 
 def write_report(out: Path, *, config: DemoConfig, stages: dict, evaluation: dict, timings: dict) -> dict:
@@ -649,9 +678,13 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
                     name, {"sft": sft_key, "rm": rm_key if arm == "learned" else None, "config": run_cfg},
                     lambda d, c=run_cfg: stage_ppo(d, run_config=c))
                 ppo_keys[name] = key
-    _, evaluation = stages.run("evaluate", {"ppo": ppo_keys, "n": budget.n_eval_prompts, "version": 2},
-                               lambda d: stage_evaluate(d, data_dir=data_dir, sft_policy=sft["policy"], runs=runs,
-                                                        budget=budget, num_threads=config.num_threads))
+    eval_key, evaluation = stages.run("evaluate", {"ppo": ppo_keys, "n": budget.n_eval_prompts, "version": 3},
+                                      lambda d: stage_evaluate(d, data_dir=data_dir, sft_policy=sft["policy"],
+                                                               runs=runs, budget=budget,
+                                                               num_threads=config.num_threads))
+    stages.run("inspect", {"evaluate": eval_key, "rm": rm_key, "n": INSPECT_QUESTIONS},
+               lambda d: stage_inspect(out, data_dir=data_dir, evaluate_dir=stages.dir("evaluate"), rms=rms,
+                                       ppo=config.ppo))
     stages.timings["total"] = time.perf_counter() - t0
     evaluation["warnings"] = {arm: {m: {str(seed): run_warnings(stages.dir(f"ppo/{arm}/{m}/seed{seed}"))
                                         for seed in by_seed} for m, by_seed in by_method.items()}
@@ -686,7 +719,7 @@ def _demo(args: argparse.Namespace) -> int:
     lines = [f"{arm} arm: {v}" for arm, v in results["verdict"].items()]
     lines += [f"  ⚠ {g}" for a in results["arms"].values() for g in a["gaming"]]
     print("\n" + "\n".join(lines) + f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}\n"
-          f"plot: {out / 'curves.png'}")
+          f"plot: {out / 'curves.png'}\nreward inspector: {out / 'inspect.html'} (open in a browser)")
     return 0
 
 

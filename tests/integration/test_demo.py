@@ -21,12 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from fgrlhf_ray.inspector.render import read_page_data
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ARMS = ("learned", "oracle")
 METHODS = ("fine_grained", "holistic")
 STAGES = ("data", "sft", "samples", "rm", "rm_quality",
-          *(f"ppo/{arm}/{m}/seed0" for arm in ARMS for m in METHODS), "evaluate")
+          *(f"ppo/{arm}/{m}/seed0" for arm in ARMS for m in METHODS), "evaluate", "inspect")
 
 
 def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -47,7 +49,7 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
     out = tmp_path / "demo"
     first = demo("--quick", "--out", str(out), cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-6000:]
-    for name in ("report.md", "results.json", "curves.png"):
+    for name in ("report.md", "results.json", "curves.png", "inspect.html"):
         assert (out / name).is_file(), name
         assert str(out / name) in first.stdout  # the CLI says where its outputs are
 
@@ -79,6 +81,13 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
     assert "![oracle metrics vs PPO steps](curves.png)" in report
     for verdict in results["verdict"].values():
         assert verdict in report
+
+    # inspect.html: every policy's answers, the learned fine-grained RMs' marks and the oracle's labels.
+    page = read_page_data(out / "inspect.html")
+    assert page["policies"] == ["sft", *(f"{arm}/{m}" for arm in ARMS for m in METHODS)]
+    assert [m["name"] for m in page["models"]] == ["relevance", "factuality", "completeness"]
+    assert page["label_sources"] == ["oracle"]
+    assert len(page["responses"]) == len(page["policies"]) * len(page["groups"]) > 0
 
     # The RM data are the SFT policy's own samples, annotated; the RMs were judged on held-out ones.
     samples = results["policy_samples"]

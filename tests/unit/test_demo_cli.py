@@ -88,3 +88,28 @@ def test_stage_reuse_resume_and_invalidation(tmp_path):
     (tmp_path / "s" / "stage.json").unlink()
     Stages(tmp_path, fresh=False).run("s", {"a": 2}, work)
     assert "artifact" in calls[-1]
+
+
+def test_inspect_stage_shows_every_policy_with_the_oracle_scorers_and_labels(tmp_path):
+    """Without learned RMs (oracle arm only) the page is marked by the oracle's function scorers."""
+    import json
+
+    from fgrlhf_ray.cli import main as cli_main
+    from fgrlhf_ray.inspector.render import read_page_data
+    from fgrlhf_ray.pipelines.demo import ANSWERS_FILE, INSPECT_QUESTIONS, stage_inspect
+
+    data = tmp_path / "data"
+    assert cli_main(["data", "synth", "--out", str(data), "--n", "100", "--seed", "1"]) == 0
+    records = json.loads((data / "test.json").read_text())
+    gold = [r["answer"][0] for r in records]
+    evaluate = tmp_path / "evaluate"
+    evaluate.mkdir()
+    (evaluate / ANSWERS_FILE).write_text(json.dumps({"sft": gold, "oracle/fine_grained": [g.split(".")[0] + "."
+                                                                                          for g in gold]}))
+    result = stage_inspect(tmp_path, data_dir=data, evaluate_dir=evaluate, rms={}, ppo=DemoConfig().ppo)
+    page = read_page_data(result["path"])
+    n = min(INSPECT_QUESTIONS, len(records))
+    assert result["questions"] == n and len(page["groups"]) <= n
+    assert page["policies"] == ["sft", "oracle/fine_grained"]
+    assert [m["name"] for m in page["models"]] == ["relevance", "factuality", "completeness"]
+    assert page["label_sources"] == ["oracle"] and len(page["responses"]) == 2 * n
