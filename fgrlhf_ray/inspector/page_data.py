@@ -8,7 +8,7 @@ placement code). What the page shows for each response, and how it is computed:
   reward models return (`fgrlhf_ray.types.Segment`, `/v1/score`); the page slices
   `Array.from(text)`, which counts code points too, so an emoji or an accent never shifts a
   segment. `weighted` = w · (v − μ) / σ with the model's weight and normalisation, as
-  `fgrlhf_ray.algo.rewards.place_segment_rewards` weighs it (`weighted_value`).
+  `fgrlhf_ray.algo.rewards.place_segment_rewards` weighs it (`algo.weighting.weighted_values`).
 - **labels** — reference annotations in the QA-FEEDBACK `feedback` schema (human labels of a
   QA-FEEDBACK file, the synthetic world's oracle): one `[start, end, error type, explanation]`
   per error span, drawn as one more lane (named by its source, e.g. `human`, `oracle`).
@@ -35,7 +35,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fgrlhf_ray.algo.weighting import RewardSpec
 
 FORMAT = "fgrlhf-inspect/1"
 
@@ -46,7 +49,8 @@ RESPONSE_METRICS = ("total", "words", "chars", "tokens")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """How one reward model's raw values are weighed: w · (v − μ) / σ (as in training)."""
+    """One reward model as the page shows it: its density and kind, and how its raw values are
+    weighed (`spec`: training's w · (v − μ) / σ, `fgrlhf_ray.algo.weighting`)."""
 
     name: str
     density: str
@@ -54,6 +58,12 @@ class ModelInfo:
     mean: float = 0.0
     std: float = 1.0
     kind: str | None = None
+
+    @property
+    def spec(self) -> "RewardSpec":
+        from fgrlhf_ray.algo.weighting import RewardSpec  # torch loads on first use, not on import
+
+        return RewardSpec(name=self.name, weight=self.weight, mean=self.mean, std=self.std)
 
 
 @dataclass
@@ -74,11 +84,6 @@ class Item:
 
 
 # ------------------------------------------------------------------------ numbers
-
-
-def weighted_value(value: float, *, weight: float, mean: float, std: float) -> float:
-    """w · (v − μ) / σ: a segment's contribution to the per-token score (no KL term)."""
-    return weight * (value - mean) / std
 
 
 def _num(x: Any) -> float | None:
@@ -141,12 +146,16 @@ def lane_marks(text: str, verdict: Any, model: ModelInfo, *, where: str = "") ->
     sorted by (start, end). `verdict` is a `SegmentRewards` or a `/v1/score` ModelScore dict."""
     segments = list(_field(verdict, "segments", []) or [])
     ranges = char_ranges(text, segments, where=where)
+    from fgrlhf_ray.algo.weighting import weighted_values
+
+    raws = [_num(_field(seg, "value")) for seg in segments]
+    spec = model.spec
+    weighted = weighted_values([0.0 if r is None else r for r in raws], weight=spec.weight, mean=spec.mean,
+                               std=spec.std).tolist()
     marks = []
-    for (a, b), seg in zip(ranges, segments):
-        raw = _num(_field(seg, "value"))
+    for (a, b), seg, raw, w in zip(ranges, segments, raws, weighted):
         label = _field(seg, "label")
-        weighted = None if raw is None else _num(weighted_value(raw, weight=model.weight, mean=model.mean,
-                                                                std=model.std))
+        weighted = None if raw is None else _num(w)
         marks.append([a, b, None if label is None else str(label), _round(_num(_field(seg, "probability"))),
                       _round(raw), _round(weighted)])
     marks.sort(key=lambda m: (m[0], m[1]))

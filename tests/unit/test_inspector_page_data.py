@@ -28,7 +28,6 @@ from fgrlhf_ray.inspector.page_data import (
     lane_marks,
     parse_filter,
     token_strips,
-    weighted_value,
     word_offsets,
 )
 from fgrlhf_ray.inspector.render import content_security_policy, render_interactive_page, render_page
@@ -91,7 +90,7 @@ def test_lane_marks_carry_label_probability_raw_and_weighted_value_sorted_by_pos
     assert lane_marks(text, as_json, model) == marks
 
 
-def test_weighted_value_is_what_training_places():
+def test_the_pages_weighted_values_are_what_training_places():
     spans = [(0, 5), (6, 11), (12, 20)]
     values = [-1.0, 0.5, 2.0]
     w, mu, sigma = 0.3, 0.25, 2.0
@@ -99,7 +98,11 @@ def test_weighted_value_is_what_training_places():
     _, per, _ = place_segment_rewards(
         [ScorerOutput("m", "sentence", [[(b, v) for (_, b), v in zip(spans, values)]], weight=w, mean=mu, std=sigma)],
         token_offsets=[spans], action_mask=torch.ones(1, 3))
-    assert [weighted_value(v, weight=w, mean=mu, std=sigma) for v in values] == pytest.approx(per["m"][0].tolist())
+    text = "Alpha beta gamma and more"
+    verdict = SegmentRewards([Segment(a, b, v, "error" if v < 0 else "no_error", 1.0)
+                              for (a, b), v in zip(spans, values)], "sentence")
+    marks = lane_marks(text, verdict, ModelInfo("m", "sentence", weight=w, mean=mu, std=sigma))
+    assert [m[5] for m in marks] == pytest.approx(per["m"][0].tolist())
 
 
 def test_flagged_rule_is_the_complement_of_evals_error_free_rule():
