@@ -99,7 +99,7 @@ def run_point(work: Path, *, method: str, prompts: int, samples: int, length: in
 
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    cfg = ppo_run_config(method, run_dir=run_dir, policy=policy, rms=rms, data_dir=data_dir, budget=budget,
+    cfg = ppo_run_config("learned", method, run_dir=run_dir, policy=policy, rms=rms, data_dir=data_dir, budget=budget,
                          ppo=DemoPPOSettings(), seed=seed)
     cfg["logging"]["tensorboard"] = False
     for section, values in VARIANTS.get(variant, {}).items():

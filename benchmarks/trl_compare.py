@@ -14,7 +14,9 @@ equal:
 TRL is used as its documentation shows: `GRPOConfig` + `GRPOTrainer(model=<folder>,
 reward_funcs=<callable>, train_dataset=<datasets.Dataset with "prompt">)`, generation with
 HF `generate` on CPU (`use_vllm=False`). Ours runs its full Ray stack (vLLM-CPU engine, scorer
-actors, reference actor, DeepSpeed learner + critic: PPO, not GRPO).
+actors, reference actor, DeepSpeed learner): `ours-holistic` / `ours-fine_grained` are PPO with a
+critic (GAE); `ours-grpo` is GRPO on TRL's holistic reward with no critic — the same algorithm as
+TRL, so the like-for-like speed row; `ours-grpo_fine_grained` is GRPO on the per-sentence reward.
 
 Reported per (policy, length): wall seconds per 1k episodes in steady state (first
 generation batch dropped for both), total wall time including start-up, and the final
@@ -43,6 +45,19 @@ from _common import ROOT, count_params, table, write_result  # noqa: E402
 
 LARGE = {"vocab_size": 2048, "hidden_size": 640, "num_layers": 8, "num_heads": 10, "intermediate_size": 1728,
          "max_position_embeddings": 768, "tie_word_embeddings": False}
+
+
+# Our systems: (reward, advantage estimator). `ours-grpo` is TRL's algorithm on TRL's reward (one
+# number per response, group-normalised, no critic): the like-for-like speed comparison.
+SYSTEMS = {"ours-holistic": ("holistic", "gae"), "ours-fine_grained": ("fine_grained", "gae"),
+           "ours-grpo": ("holistic", "grpo"), "ours-grpo_fine_grained": ("fine_grained", "grpo")}
+REWARDS = {
+    "holistic": {"name": "grounded", "kind": "function", "density": "sequence", "weight": 1.0,
+                 "target": "bench_rewards:grounded_holistic", "num_cpus": 0.5},
+    # The same signal per sentence.
+    "fine_grained": {"name": "grounded", "kind": "function", "density": "sentence", "weight": 1.0,
+                     "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_cpus": 0.5},
+}
 
 
 def prepare(work: Path, *, policies: list[str], sft_steps: int, seed: int, n_questions: int) -> tuple[Path, dict]:
@@ -85,15 +100,12 @@ def run_ours(work: Path, *, method: str, policy: str, data_dir: Path, prompts: i
     budget = DemoBudget(**{**PRESETS["default"].model_dump(), "ppo_steps": steps, "eval_every": steps,
                            "prompts_per_step": prompts, "samples_per_prompt": samples, "max_new_tokens": length})
     dummy = {n: {"path": ""} for n in ("relevance", "factuality", "completeness", "holistic")}
-    cfg = ppo_run_config("fine_grained", run_dir=run_dir, policy=policy, rms=dummy, data_dir=data_dir, budget=budget,
-                         ppo=DemoPPOSettings(lr=lr, critic_lr=lr, kl_coef=kl, ppo_epochs=1, minibatch_size=16),
-                         seed=seed)
-    if method == "holistic":
-        cfg["reward_models"] = [{"name": "grounded", "kind": "function", "density": "sequence", "weight": 1.0,
-                                 "target": "bench_rewards:grounded_holistic", "num_cpus": 0.5}]
-    else:
-        cfg["reward_models"] = [{"name": "grounded", "kind": "function", "density": "sentence", "weight": 1.0,
-                                 "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_cpus": 0.5}]
+    cfg = ppo_run_config("learned", "fine_grained", run_dir=run_dir, policy=policy, rms=dummy, data_dir=data_dir,
+                         budget=budget, seed=seed,
+                         ppo=DemoPPOSettings(lr=lr, critic_lr=lr, kl_coef=kl, ppo_epochs=1, minibatch_size=16))
+    reward, estimator = SYSTEMS[f"ours-{method}"]
+    cfg["reward_models"] = [REWARDS[reward]]
+    cfg["ppo"]["advantage_estimator"] = estimator
     max_pos = json.loads((Path(policy) / "config.json").read_text())["max_position_embeddings"]
     cfg["rollout"]["max_model_len"] = max_pos
     cfg["data"]["max_prompt_tokens"] = max_pos - length
@@ -233,18 +245,66 @@ def eval_worker(spec: dict) -> dict:
 
 
 def finish(rows: list[dict], args, t_start: float) -> None:
-    table(rows, ["policy", "parameters", "length", "system", "s_per_1k_episodes", "speedup_vs_trl", "total_wall_s",
+    table(rows, ["policy", "parameters", "length", "key", "s_per_1k_episodes", "speedup_vs_trl", "total_wall_s",
                  "train_reward_first", "train_reward_last", "final_reward_eval"],
           title=f"ours vs TRL GRPO: {args.prompts} prompts × {args.samples} samples per batch, "
                 f"{args.episodes} episodes per run")
     write_result("trl_compare", {
         "description": "wall time per 1k episodes (steady state, first generation batch dropped) and final reward "
-                       "(grounded_holistic on held-out prompts), ours (fgrlhf train: vLLM + PPO with critic) vs "
+                       "(grounded_holistic on held-out prompts), ours (fgrlhf train: vLLM + PPO with critic, or GRPO "
+                       "without one for ours-grpo*) vs "
                        "TRL GRPOTrainer (HF generate on CPU), same policy/prompts/reward/sampling/budget",
         "settings": {k: getattr(args, k) for k in ("prompts", "samples", "episodes", "lr", "kl", "sft_steps", "seed",
                                                     "trl_threads")},
         "large_policy_shape": LARGE, "rows": rows, "wall_s": time.perf_counter() - t_start,
     }, args.out)
+
+
+def run_setting(rows: list[dict], args, *, work: Path, data_dir: Path, policy: str, name: str, length: int,
+                steps: int, t_start: float) -> None:
+    """Every system on one (policy, length), then their final policies' held-out reward, and
+    each of our rows' speed-up against TRL's fastest thread count (stated in the row)."""
+    nparams = count_params(policy)
+    common = dict(policy=policy, data_dir=data_dir, prompts=args.prompts, samples=args.samples, length=length,
+                  lr=args.lr, kl=args.kl, seed=args.seed)
+    runs = [(s, None) for s in args.systems.split(",") if s != "trl-grpo"]
+    if "trl-grpo" in args.systems.split(","):
+        runs += [("trl-grpo", int(t)) for t in str(args.trl_threads).split(",")]
+    here, finals = [], {"initial": policy}
+    for system, threads in runs:
+        key = system if threads is None else f"{system}@{threads}"
+        print(f"[{name} {nparams / 1e6:.1f}M, L={length}] {key}", flush=True)
+        try:
+            if system == "trl-grpo":
+                r = run_trl(work, episodes=args.episodes, timeout_s=args.run_timeout, threads=threads, **common)
+                r["threads"] = threads
+            else:
+                r = run_ours(work, method=system.removeprefix("ours-"), steps=steps, timeout_s=args.run_timeout,
+                             **common)
+        except subprocess.TimeoutExpired:
+            r = {"system": system, "error": f"timed out after {args.run_timeout}s"}
+        r.update(policy=name, parameters=nparams, length=length, episodes=args.episodes, key=key)
+        rows.append(r)
+        here.append(r)
+        print({k: v for k, v in r.items() if k != "error"}, r.get("error", ""), flush=True)
+        finish(rows, args, t_start)
+        if r.get("final_policy"):
+            finals[key] = r["final_policy"]
+    ev = _subprocess_worker("--eval-worker", {"dev_file": str(data_dir / "dev.json"), "n": args.eval_prompts,
+                                              "policies": finals, "length": length, "seed": args.seed},
+                            args.run_timeout)
+    for r in here:
+        if r["key"] in ev:
+            r["final_reward_eval"] = ev[r["key"]]
+    rows.append({"system": "initial (no RL)", "policy": name, "parameters": nparams, "length": length,
+                 "final_reward_eval": ev.get("initial")})
+    trl = [r for r in here if r["system"] == "trl-grpo" and r.get("s_per_1k_episodes")]
+    if trl:
+        fastest = min(trl, key=lambda r: r["s_per_1k_episodes"])
+        for r in here:
+            if r.get("s_per_1k_episodes") and r["system"] != "trl-grpo":
+                r["speedup_vs_trl"] = fastest["s_per_1k_episodes"] / r["s_per_1k_episodes"]
+                r["trl_threads_compared"] = fastest["threads"]
 
 
 def main() -> int:
@@ -255,15 +315,16 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per generation batch")
     ap.add_argument("--samples", type=int, default=4, help="samples per prompt (GRPO group size)")
     ap.add_argument("--episodes", type=int, default=128, help="episode budget (responses) per run")
-    ap.add_argument("--systems", default="ours-holistic,ours-fine_grained,trl-grpo")
+    ap.add_argument("--systems", default="ours-holistic,ours-fine_grained,ours-grpo,trl-grpo",
+                    help=f"comma list of {', '.join(SYSTEMS)}, trl-grpo")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--kl", type=float, default=0.05)
     ap.add_argument("--sft-steps", type=int, default=10)
     ap.add_argument("--n-questions", type=int, default=200)
     ap.add_argument("--eval-prompts", type=int, default=32)
-    ap.add_argument("--trl-threads", type=int, default=1,
-                    help="torch threads in the TRL process (1: on a loaded 2-core box, 2 OpenMP threads thrash; "
-                         "ours runs vLLM with one OpenMP thread too)")
+    ap.add_argument("--trl-threads", default="1,2",
+                    help="torch thread counts for TRL, comma list: each runs, and our speed-up is against the "
+                         "fastest (ours uses the whole machine: 2 cores here)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-timeout", type=float, default=1500)
     ap.add_argument("--out", default=None)
@@ -285,45 +346,11 @@ def main() -> int:
     if args.episodes % batch or args.episodes // batch < 2:
         raise SystemExit(f"--episodes {args.episodes} must be a multiple of prompts×samples={batch}, at least 2×")
     steps = args.episodes // batch
-    rows = []
+    rows: list[dict] = []
     for pol in policies:
-        nparams = count_params(paths[pol])
         for length in (int(x) for x in args.lengths.split(",")):
-            finals = {}
-            for system in args.systems.split(","):
-                print(f"[{pol} {nparams / 1e6:.1f}M, L={length}] {system}", flush=True)
-                common = dict(policy=paths[pol], data_dir=data_dir, prompts=args.prompts, samples=args.samples,
-                              length=length, lr=args.lr, kl=args.kl, seed=args.seed)
-                try:
-                    if system == "trl-grpo":
-                        r = run_trl(work, episodes=args.episodes, timeout_s=args.run_timeout,
-                                    threads=args.trl_threads, **common)
-                    else:
-                        r = run_ours(work, method=system.removeprefix("ours-"), steps=steps,
-                                     timeout_s=args.run_timeout, **common)
-                except subprocess.TimeoutExpired:
-                    r = {"system": system, "error": f"timed out after {args.run_timeout}s"}
-                r.update(policy=pol, parameters=nparams, length=length, episodes=args.episodes)
-                rows.append(r)
-                print({k: v for k, v in r.items() if k != "error"}, r.get("error", ""), flush=True)
-                finish(rows, args, t_start)
-                if r.get("final_policy"):
-                    finals[system] = r["final_policy"]
-            finals["initial"] = paths[pol]
-            ev = _subprocess_worker("--eval-worker", {"dev_file": str(data_dir / "dev.json"), "n": args.eval_prompts,
-                                                      "policies": finals, "length": length, "seed": args.seed},
-                                    args.run_timeout)
-            for r in rows:
-                if r["policy"] == pol and r["length"] == length and r["system"] in ev:
-                    r["final_reward_eval"] = ev[r["system"]]
-            rows.append({"system": "initial (no RL)", "policy": pol, "parameters": nparams, "length": length,
-                         "final_reward_eval": ev.get("initial")})
-            trl = next((r for r in rows if r["system"] == "trl-grpo" and r["policy"] == pol and r["length"] == length
-                        and r.get("s_per_1k_episodes")), None)
-            for r in rows:
-                if trl and r["policy"] == pol and r["length"] == length and r.get("s_per_1k_episodes") \
-                        and r["system"] != "trl-grpo":
-                    r["speedup_vs_trl"] = trl["s_per_1k_episodes"] / r["s_per_1k_episodes"]
+            run_setting(rows, args, work=work, data_dir=data_dir, policy=paths[pol], name=pol, length=length,
+                        steps=steps, t_start=t_start)
     finish(rows, args, t_start)
     return 0
 
