@@ -286,9 +286,32 @@ def place_segment_rewards(
             ``reward/<name>/dropped`` (values that could not be placed: samples with
             L_i = 0), and ``reward/score_mean`` (mean over samples of Σ_t scores).
     """
+    lengths = _response_lengths(scorers, token_offsets=token_offsets, action_mask=action_mask)
+    B, T = action_mask.shape
+    per_scorer: dict[str, torch.Tensor] = {}
+    stats: dict[str, float] = {}
+    scores = torch.zeros(B, T, dtype=torch.float64)
+    for scorer in scorers:
+        contrib, raw_values, dropped = _place_scorer(scorer, token_offsets=token_offsets, lengths=lengths, T=T)
+        per_scorer[scorer.name] = contrib.float()
+        scores += contrib
+        key = f"reward/{scorer.name}"
+        stats[f"{key}/mean"] = float(contrib.sum(dim=1).mean()) if B else 0.0
+        stats[f"{key}/raw_mean"] = float(sum(raw_values) / len(raw_values)) if raw_values else 0.0
+        stats[f"{key}/segments"] = float(len(raw_values) / B) if B else 0.0
+        stats[f"{key}/dropped"] = float(dropped)
+    stats["reward/score_mean"] = float(scores.sum(dim=1).mean()) if B else 0.0
+    return scores.float(), per_scorer, stats
+
+
+def _response_lengths(scorers: Sequence[ScorerOutput], *, token_offsets: Sequence[Offsets],
+                      action_mask: torch.Tensor) -> list[int]:
+    """L_i per sample, after checking that the batch's pieces fit together (mask (B, T), one
+    offset list of L_i spans per sample, scorer names unique): a mismatch is a caller's bug,
+    caught here with the numbers rather than as a wrong reward later."""
     if action_mask.dim() != 2:
         raise ValueError(f"place_segment_rewards: action_mask must be (B, T), got shape {tuple(action_mask.shape)}")
-    B, T = action_mask.shape
+    B = action_mask.shape[0]
     if len(token_offsets) != B:
         raise ValueError(f"place_segment_rewards: {len(token_offsets)} offset lists for B={B} samples")
     lengths = action_mask.bool().sum(dim=1).tolist()
@@ -301,58 +324,54 @@ def place_segment_rewards(
     names = [s.name for s in scorers]
     if len(set(names)) != len(names):
         raise ValueError(f"place_segment_rewards: duplicate scorer names {names}")
+    return lengths
 
-    per_scorer: dict[str, torch.Tensor] = {}
-    stats: dict[str, float] = {}
-    scores = torch.zeros(B, T, dtype=torch.float64)
-    for scorer in scorers:
-        if scorer.density not in _DENSITIES:
-            raise ValueError(f"ScorerOutput {scorer.name!r}: density {scorer.density!r} not in {_DENSITIES}")
-        if len(scorer.rewards) != B:
-            raise ValueError(
-                f"ScorerOutput {scorer.name!r}: rewards for {len(scorer.rewards)} samples, batch has B={B}"
-            )
-        mu, sigma = _normalizer(scorer)
-        contrib = torch.zeros(B, T, dtype=torch.float64)
-        raw_values: list[float] = []
-        dropped = 0
-        for i, sample in enumerate(scorer.rewards):
-            L = lengths[i]
-            sample = list(sample)
-            if not sample:
-                continue
-            aligned = scorer.density == "token" and not isinstance(sample[0], (tuple, list))
-            if aligned:
-                if len(sample) != L:
-                    raise ValueError(
-                        f"ScorerOutput {scorer.name!r}: sample {i} has {len(sample)} per-token values "
-                        f"but {L} response tokens"
-                    )
-                vals = [float(v) for v in sample]
-                idx = list(range(L))
-            else:
-                ends = [int(e) for e, _ in sample]
-                vals = [float(v) for _, v in sample]
-                if L == 0:
-                    dropped += len(vals)
-                    raw_values.extend(vals)
-                    continue
-                if scorer.density == "sequence":
-                    idx = [L - 1] * len(vals)
-                else:
-                    idx = char_ends_to_token_index(token_offsets[i], ends)
-            raw_values.extend(vals)
+
+def _place_scorer(scorer: ScorerOutput, *, token_offsets: Sequence[Offsets], lengths: Sequence[int],
+                  T: int) -> tuple[torch.Tensor, list[float], int]:
+    """One scorer's (B, T) float64 contribution w·(v − μ)/σ at each value's token, its raw
+    values (for the stats) and how many values had no token to land on (L_i = 0)."""
+    B = len(lengths)
+    if scorer.density not in _DENSITIES:
+        raise ValueError(f"ScorerOutput {scorer.name!r}: density {scorer.density!r} not in {_DENSITIES}")
+    if len(scorer.rewards) != B:
+        raise ValueError(f"ScorerOutput {scorer.name!r}: rewards for {len(scorer.rewards)} samples, batch has B={B}")
+    mu, sigma = _normalizer(scorer)
+    contrib = torch.zeros(B, T, dtype=torch.float64)
+    raw_values: list[float] = []
+    dropped = 0
+    for i, sample in enumerate(scorer.rewards):
+        idx, vals = _sample_positions(scorer, i, list(sample), L=lengths[i], offsets=token_offsets[i])
+        raw_values.extend(vals)
+        if idx is None:
+            dropped += len(vals)
+        elif vals:
             contrib[i].index_add_(0, torch.tensor(idx, dtype=torch.long),
                                   weighted_values(vals, weight=scorer.weight, mean=mu, std=sigma))
-        per_scorer[scorer.name] = contrib.float()
-        scores += contrib
-        key = f"reward/{scorer.name}"
-        stats[f"{key}/mean"] = float(contrib.sum(dim=1).mean()) if B else 0.0
-        stats[f"{key}/raw_mean"] = float(sum(raw_values) / len(raw_values)) if raw_values else 0.0
-        stats[f"{key}/segments"] = float(len(raw_values) / B) if B else 0.0
-        stats[f"{key}/dropped"] = float(dropped)
-    stats["reward/score_mean"] = float(scores.sum(dim=1).mean()) if B else 0.0
-    return scores.float(), per_scorer, stats
+    return contrib, raw_values, dropped
+
+
+def _sample_positions(scorer: ScorerOutput, i: int, sample: list, *, L: int,
+                      offsets: Offsets) -> tuple[list[int] | None, list[float]]:
+    """(token index per value, values) of sample i; index None when the sample has no response
+    token (L = 0) to put its values on. Token-aligned values (a plain list of L floats) sit
+    on tokens 0..L−1; a sequence scorer's on L − 1; the rest where their char_end falls."""
+    if not sample:
+        return [], []
+    if scorer.density == "token" and not isinstance(sample[0], (tuple, list)):
+        if len(sample) != L:
+            raise ValueError(
+                f"ScorerOutput {scorer.name!r}: sample {i} has {len(sample)} per-token values "
+                f"but {L} response tokens"
+            )
+        return list(range(L)), [float(v) for v in sample]
+    ends = [int(e) for e, _ in sample]
+    vals = [float(v) for _, v in sample]
+    if L == 0:
+        return None, vals
+    if scorer.density == "sequence":
+        return [L - 1] * len(vals), vals
+    return char_ends_to_token_index(offsets, ends), vals
 
 
 def total_token_rewards(

@@ -56,28 +56,53 @@ def summarize(
     for name, v in verdicts.items():
         if len(v) != n:
             raise ValueError(f"summarize: {len(v)} verdicts of {name!r} for {n} samples")
+    rows = _sample_rows(rollout)
+    out: dict = {"prompts": len({r["prompt_index"] for r in rows}), "samples": n}
+    out.update(_rouge(items, rollout, rows))
+    out.update(_rewards(verdicts, specs, rows))
+    out.update(_rm_ratios(verdicts, specs, relevance=relevance, factuality=factuality, completeness=completeness))
+    out.update(_length_and_diversity(rollout, rows))
+    if nll is not None:
+        out.update(_perplexity(nll, rows))
+    if preference is not None:
+        out.update(_win_rate(preference, reference_responses, rows, tie_tolerance=tie_tolerance))
+    if toxicity is not None:
+        out.update(_toxicity(toxicity, rows, threshold=toxicity_threshold))
+    return out, rows
+
+
+# Each helper below computes one group of metrics and adds its per-sample values to `rows`
+# (the generations file `summarize` builds): the groups are independent and optional.
+
+
+def _sample_rows(rollout: RolloutBatch) -> list[dict]:
+    """One row per sample; `sample` numbers the samples of each prompt 0, 1, …"""
     rows = [{"prompt": rollout.prompts[i], "prompt_index": rollout.prompt_index[i],
              "response": rollout.responses[i], "response_tokens": len(rollout.response_ids[i]),
              "finish_reason": rollout.finish_reasons[i] if rollout.finish_reasons else None, "rewards": {}}
-            for i in range(n)]
+            for i in range(len(rollout))]
     sample_no: dict[int, int] = {}
     for row in rows:
         row["sample"] = sample_no.get(row["prompt_index"], 0)
         sample_no[row["prompt_index"]] = row["sample"] + 1
-    out: dict = {"prompts": len({r["prompt_index"] for r in rows}), "samples": n}
+    return rows
 
-    # Rouge-LSum against the prompt's references (prompts without references are skipped).
+
+def _rouge(items: Sequence[EvalItem], rollout: RolloutBatch, rows: list[dict]) -> dict:
+    """Rouge-LSum against the prompt's references (prompts without references are skipped)."""
     rouge = []
     for i, row in enumerate(rows):
         refs = items[row["prompt_index"]].references
         if refs:
             row["rouge_lsum_f1"] = M.rouge_lsum_f1(rollout.responses[i], refs)
             rouge.append(row["rouge_lsum_f1"])
-    if rouge:
-        out["rouge_lsum_f1"] = M.mean(rouge)
+    return {"rouge_lsum_f1": M.mean(rouge)} if rouge else {}
 
-    # Reward models: weighted, normalised mean reward per RM and in total.
-    total = [0.0] * n
+
+def _rewards(verdicts: dict[str, list[SegmentRewards]], specs: Sequence[RewardSpec], rows: list[dict]) -> dict:
+    """Weighted, normalised mean reward per RM and in total (`algo.weighting`, as in training)."""
+    out: dict = {}
+    total = [0.0] * len(rows)
     for spec in specs:
         per = sample_rewards([[s.value for s in v.segments] for v in verdicts[spec.name]],
                              weight=spec.weight, mean=spec.mean, std=spec.std)
@@ -89,52 +114,64 @@ def summarize(
         out["reward/total"] = M.mean(total)
         for i, r in enumerate(total):
             rows[i]["rewards"]["total"] = r
-    by_name = {s.name: s for s in specs}
+    return out
+
+
+def _rm_ratios(verdicts: dict[str, list[SegmentRewards]], specs: Sequence[RewardSpec], *, relevance: str,
+               factuality: str, completeness: str) -> dict:
+    """Paper A's RM-based metrics: shares of no-error segments, normalised completeness."""
+    out: dict = {}
     for key, name in (("relevance_ratio", relevance), ("factuality_ratio", factuality)):
         if name in verdicts:
             segs = [v.segments for v in verdicts[name]]
             out[key] = M.pooled_ratio([sum(map(_is_correct, s)) for s in segs], [len(s) for s in segs])
     if completeness in verdicts:
-        spec = by_name.get(completeness, RMSpec(completeness))
+        spec = {s.name: s for s in specs}.get(completeness, RewardSpec(completeness))
         raw = [sum(s.value for s in v.segments) for v in verdicts[completeness]]
         out["completeness_normalized"] = M.mean(weighted_values(raw, mean=spec.mean, std=spec.std).tolist())
+    return out
 
-    # Length and diversity.
-    out["length/tokens"] = M.mean([len(ids) for ids in rollout.response_ids])
-    out["length/words"] = M.mean([len(r.split()) for r in rollout.responses])
+
+def _length_and_diversity(rollout: RolloutBatch, rows: list[dict]) -> dict:
+    out = {"length/tokens": M.mean([len(ids) for ids in rollout.response_ids]),
+           "length/words": M.mean([len(r.split()) for r in rollout.responses])}
     groups: dict[int, list[str]] = {}
     for row in rows:
         groups.setdefault(row["prompt_index"], []).append(row["response"])
     for k in (1, 2, 3):
         out[f"dist_{k}"] = M.distinct_n(list(groups.values()), k)
+    return out
 
-    if nll is not None:
-        if len(nll) != n:
-            raise ValueError(f"summarize: {len(nll)} NLLs for {n} samples")
-        for row, (s, t) in zip(rows, nll):
-            row["reference_lm_nll"], row["reference_lm_tokens"] = s, t
-        out["perplexity"] = M.perplexity([s for s, _ in nll], [t for _, t in nll])
-        out["perplexity_tokens"] = sum(t for _, t in nll)
 
-    if preference is not None:
-        ours, theirs = preference
-        wr = M.win_rate(ours, theirs, tie_tolerance=tie_tolerance)
-        out.update({"win_rate": wr["win_rate"], "win_rate/wins": wr["wins"], "win_rate/ties": wr["ties"],
-                    "win_rate/losses": wr["losses"]})
-        for i, row in enumerate(rows):
-            row["preference"], row["reference_preference"] = ours[i], theirs[i]
-            if reference_responses is not None:
-                row["reference_response"] = reference_responses[i]
+def _perplexity(nll: Sequence[tuple[float, int]], rows: list[dict]) -> dict:
+    if len(nll) != len(rows):
+        raise ValueError(f"summarize: {len(nll)} NLLs for {len(rows)} samples")
+    for row, (s, t) in zip(rows, nll):
+        row["reference_lm_nll"], row["reference_lm_tokens"] = s, t
+    return {"perplexity": M.perplexity([s for s, _ in nll], [t for _, t in nll]),
+            "perplexity_tokens": sum(t for _, t in nll)}
 
-    if toxicity is not None:
-        if len(toxicity) != n:
-            raise ValueError(f"summarize: {len(toxicity)} toxicity values for {n} samples")
-        per_prompt: dict[int, list[float]] = {}
-        for row, p in zip(rows, toxicity):
-            row["toxicity"] = p
-            per_prompt.setdefault(row["prompt_index"], []).append(p)
-        out.update(M.toxicity_metrics(list(per_prompt.values()), threshold=toxicity_threshold))
-    return out, rows
+
+def _win_rate(preference: tuple[Sequence[float], Sequence[float]], reference_responses: Sequence[str] | None,
+              rows: list[dict], *, tie_tolerance: float) -> dict:
+    ours, theirs = preference
+    wr = M.win_rate(ours, theirs, tie_tolerance=tie_tolerance)
+    for i, row in enumerate(rows):
+        row["preference"], row["reference_preference"] = ours[i], theirs[i]
+        if reference_responses is not None:
+            row["reference_response"] = reference_responses[i]
+    return {"win_rate": wr["win_rate"], "win_rate/wins": wr["wins"], "win_rate/ties": wr["ties"],
+            "win_rate/losses": wr["losses"]}
+
+
+def _toxicity(toxicity: Sequence[float], rows: list[dict], *, threshold: float) -> dict:
+    if len(toxicity) != len(rows):
+        raise ValueError(f"summarize: {len(toxicity)} toxicity values for {len(rows)} samples")
+    per_prompt: dict[int, list[float]] = {}
+    for row, p in zip(rows, toxicity):
+        row["toxicity"] = p
+        per_prompt.setdefault(row["prompt_index"], []).append(p)
+    return M.toxicity_metrics(list(per_prompt.values()), threshold=threshold)
 
 
 def format_metrics(metrics: dict) -> str:

@@ -361,69 +361,22 @@ def collect_edits(*, tasks: Sequence[EditTask], editor: OpenAIEditor, out: Path,
     rej_path = rejected_path(out)
     already = done_keys(out) | done_keys(rej_path)
     todo = [t for t in tasks if t.key not in already]
-    counts: Counter = Counter(skipped_done=len(tasks) - len(todo))
-    errors: list[str] = []
-    accepted_w, rejected_w = LineWriter(out), LineWriter(rej_path)
+    recorder = _EditRecorder(out=out, rejected=rej_path, editor_model=editor.model, tokenize=tokenize,
+                             max_rewrite_fraction=max_rewrite_fraction)
+    recorder.counts["skipped_done"] = len(tasks) - len(todo)
     start = time.perf_counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="make-edits", unit="row", file=sys.stderr, dynamic_ncols=True)
-
-    def finish(task: EditTask, fut: Future) -> None:
-        try:
-            edit = fut.result()
-        except EditRowError as exc:
-            counts["failed"] += 1
-            if len(errors) < 5:
-                errors.append(f"{task.key}: {exc}")
-            return
-        reason, stats = judge_edit(task.original, edit.text, tokenize=tokenize, max_rewrite_fraction=max_rewrite_fraction)
-        meta = {"key": task.key, "editor_model": editor.model, "finish_reason": edit.finish_reason, "diff": stats}
-        if reason is None:
-            accepted_w.write({"prompt": task.prompt, "original": task.original, "edited": edit.text, "meta": meta})
-            counts["accepted"] += 1
-        else:
-            rejected_w.write({"prompt": task.prompt, "original": task.original, "edited": edit.text,
-                              "meta": {**meta, "rejected": reason}})
-            counts["rejected"] += 1
-            counts[f"rejected_{reason}"] += 1
-
-    pending: dict[Future, EditTask] = {}
-    fatal: BaseException | None = None
-    pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="make-edits")
     try:
-        queue = iter(todo)
-        while True:
-            while fatal is None and len(pending) < max_concurrency:
-                task = next(queue, None)
-                if task is None:
-                    break
-                pending[pool.submit(editor.edit, task.prompt, task.original)] = task
-            if not pending:
-                break
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in done:
-                task = pending.pop(fut)
-                exc = fut.exception()
-                if exc is not None and not isinstance(exc, EditRowError):
-                    fatal = fatal or exc  # stop submitting; the rows in flight still get written
-                    continue
-                finish(task, fut)
-                if bar is not None:
-                    bar.update(1)
-    except KeyboardInterrupt:
-        for fut, task in list(pending.items()):
-            if fut.done() and (fut.exception() is None or isinstance(fut.exception(), EditRowError)):
-                finish(task, fut)
-        raise
+        fatal = _edit_in_pool(todo, editor=editor, recorder=recorder, max_concurrency=max_concurrency, bar=bar)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        accepted_w.close()
-        rejected_w.close()
+        recorder.close()
         if bar is not None:
             bar.close()
+    counts = recorder.counts
     elapsed = time.perf_counter() - start
     new = counts["accepted"] + counts["rejected"]
     summary = {
@@ -436,12 +389,94 @@ def collect_edits(*, tasks: Sequence[EditTask], editor: OpenAIEditor, out: Path,
         "rows_per_s": round(new / elapsed, 3) if elapsed > 0 else 0.0,
         "out": str(out),
         "rejected_out": str(rej_path),
-        "first_errors": errors,
+        "first_errors": recorder.errors,
     }
     if fatal is not None:
         raise type(fatal)(f"{fatal}\n(wrote {new} row(s) before stopping; rerun the same command to resume)") \
             if isinstance(fatal, FgrlhfError) else fatal
     return summary
+
+
+class _EditRecorder:
+    """Judges each finished edit and writes it to the accepted or the rejected file, counting
+    outcomes; a row-level failure is counted (first 5 kept) and not written, so a rerun asks
+    again. Used from one thread only (the files are appended line by line)."""
+
+    def __init__(self, *, out: Path, rejected: Path, editor_model: str, tokenize: Callable[[str], Sequence],
+                 max_rewrite_fraction: float) -> None:
+        self.accepted_w, self.rejected_w = LineWriter(out), LineWriter(rejected)
+        self.editor_model, self.tokenize, self.max_rewrite_fraction = editor_model, tokenize, max_rewrite_fraction
+        self.counts: Counter = Counter()
+        self.errors: list[str] = []
+
+    def record(self, task: EditTask, fut: Future) -> None:
+        try:
+            edit = fut.result()
+        except EditRowError as exc:
+            self.counts["failed"] += 1
+            if len(self.errors) < 5:
+                self.errors.append(f"{task.key}: {exc}")
+            return
+        reason, stats = judge_edit(task.original, edit.text, tokenize=self.tokenize,
+                                   max_rewrite_fraction=self.max_rewrite_fraction)
+        meta = {"key": task.key, "editor_model": self.editor_model, "finish_reason": edit.finish_reason, "diff": stats}
+        row = {"prompt": task.prompt, "original": task.original, "edited": edit.text}
+        if reason is None:
+            self.accepted_w.write({**row, "meta": meta})
+            self.counts["accepted"] += 1
+        else:
+            self.rejected_w.write({**row, "meta": {**meta, "rejected": reason}})
+            self.counts["rejected"] += 1
+            self.counts[f"rejected_{reason}"] += 1
+
+    def close(self) -> None:
+        self.accepted_w.close()
+        self.rejected_w.close()
+
+
+def _recordable(fut: Future) -> bool:
+    """Finished with an edit or with a row-level failure (not an error that stops the run)."""
+    exc = fut.exception()
+    return exc is None or isinstance(exc, EditRowError)
+
+
+def _edit_in_pool(todo: Sequence[EditTask], *, editor: OpenAIEditor, recorder: _EditRecorder,
+                  max_concurrency: int, bar) -> BaseException | None:
+    """Keep at most `max_concurrency` edits in flight and record each as it finishes.
+
+    The first error that is not a row's (`EditorError`, a bug) stops new submissions; the
+    edits in flight are still recorded, then it is returned. Ctrl-C records what has
+    finished and propagates.
+    """
+    pending: dict[Future, EditTask] = {}
+    fatal: BaseException | None = None
+    pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="make-edits")
+    try:
+        queue = iter(todo)
+        while True:
+            while fatal is None and len(pending) < max_concurrency:
+                task = next(queue, None)
+                if task is None:
+                    break
+                pending[pool.submit(editor.edit, task.prompt, task.original)] = task
+            if not pending:
+                return fatal
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = pending.pop(fut)
+                if not _recordable(fut):
+                    fatal = fatal or fut.exception()  # stop submitting; the rows in flight still get written
+                    continue
+                recorder.record(task, fut)
+                if bar is not None:
+                    bar.update(1)
+    except KeyboardInterrupt:
+        for fut, task in list(pending.items()):
+            if fut.done() and _recordable(fut):
+                recorder.record(task, fut)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- CLI
