@@ -116,64 +116,69 @@ def kl_loss(
     return loss, stats
 
 
+def _saved_kl_coef(state: dict) -> float:
+    """β from a controller state dict (older checkpoints stored it under "value")."""
+    return float(state["kl_coef"] if "kl_coef" in state else state["value"])
+
+
 class FixedKLController:
-    """Constant KL coefficient β (paper A: 0.3 fine-grained, 0.2 holistic)."""
+    """Constant KL coefficient β = ``kl_coef`` (paper A: 0.3 fine-grained, 0.2 holistic)."""
 
     def __init__(self, *, kl_coef: float):
         if kl_coef < 0:
             raise ValueError(f"FixedKLController: kl_coef must be >= 0, got {kl_coef}")
-        self.value = float(kl_coef)
+        self.kl_coef = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """No-op; returns β."""
-        return self.value
+        return self.kl_coef
 
     def state_dict(self) -> dict:
-        return {"type": "fixed", "value": self.value}
+        return {"type": "fixed", "kl_coef": self.kl_coef}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("type", "fixed") != "fixed":
             raise ValueError(f"FixedKLController.load_state_dict: state is for a {state.get('type')!r} controller")
-        self.value = float(state["value"])
+        self.kl_coef = _saved_kl_coef(state)
 
 
 class AdaptiveKLController:
     """Ziegler et al. (2019) proportional controller driving the observed KL to a target.
 
         e      = clip(KL_observed / KL_target − 1, −0.2, 0.2)
-        β_new  = β · (1 + e · n_steps / horizon)
+        β_new  = β · (1 + e · n_steps / horizon)          (β = ``kl_coef``, starting at the config's)
 
     ``KL_observed`` is the batch mean over samples of Σ_t kl_t (`total_token_rewards`
     stats["kl"]); ``n_steps`` is the number of samples (episodes) in that batch, as in
     lm-human-preferences, so ``horizon`` is measured in samples.
     """
 
-    def __init__(self, *, init_kl_coef: float, target: float, horizon: float):
-        if init_kl_coef < 0 or target <= 0 or horizon <= 0:
+    def __init__(self, *, kl_coef: float, target: float, horizon: float):
+        if kl_coef < 0 or target <= 0 or horizon <= 0:
             raise ValueError(
-                "AdaptiveKLController: need init_kl_coef >= 0, target > 0, horizon > 0; got "
-                f"init_kl_coef={init_kl_coef}, target={target}, horizon={horizon}"
+                "AdaptiveKLController: need kl_coef >= 0, target > 0, horizon > 0; got "
+                f"kl_coef={kl_coef}, target={target}, horizon={horizon}"
             )
-        self.value = float(init_kl_coef)
+        self.kl_coef = float(kl_coef)
         self.target = float(target)
         self.horizon = float(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """Update β from the observed KL of the last batch; returns the new β."""
         if not math.isfinite(current_kl):
-            return self.value  # a NaN/inf KL would poison β forever; skip the update
+            return self.kl_coef  # a NaN/inf KL would poison β forever; skip the update
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
+        self.kl_coef *= 1.0 + error * n_steps / self.horizon
+        return self.kl_coef
 
     def state_dict(self) -> dict:
-        return {"type": "adaptive", "value": self.value, "target": self.target, "horizon": self.horizon}
+        return {"type": "adaptive", "kl_coef": self.kl_coef, "target": self.target, "horizon": self.horizon}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("type", "adaptive") != "adaptive":
             raise ValueError(
                 f"AdaptiveKLController.load_state_dict: state is for a {state.get('type')!r} controller"
             )
-        self.value = float(state["value"])
+        self.kl_coef = _saved_kl_coef(state)
         self.target = float(state.get("target", self.target))
         self.horizon = float(state.get("horizon", self.horizon))

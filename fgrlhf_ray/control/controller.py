@@ -123,7 +123,7 @@ class PPOController:
         self._open_faults: list[dict] = []  # faults of the current phase not yet recovered
         self.sampler = PromptSampler(list(self.prompts), seed=self.config.seed, shuffle=self.config.data.shuffle)
         if ppo.kl_controller == "adaptive":
-            self.kl_controller = AdaptiveKLController(init_kl_coef=ppo.kl_coef, target=ppo.kl_target,
+            self.kl_controller = AdaptiveKLController(kl_coef=ppo.kl_coef, target=ppo.kl_target,
                                                      horizon=ppo.kl_horizon)
         else:
             self.kl_controller = FixedKLController(kl_coef=ppo.kl_coef)
@@ -180,7 +180,7 @@ class PPOController:
         self._pending = upcoming  # (not earlier: a failed step must leave the sampler and this together)
         timings["time/step"] = time.perf_counter() - started
         metrics = {**reward_stats, **learn_stats, **sync_stats, **timings, **rollout_stats(rollout), **diagnostics,
-                   "kl_coef": float(self.kl_controller.value), "rollout/staleness": float(staleness)}
+                   "kl_coef": float(self.kl_controller.kl_coef), "rollout/staleness": float(staleness)}
         faults = self.fault_events[faults_before:]
         metrics["faults/retries"] = float(len(faults))
         if faults:
@@ -264,7 +264,7 @@ class PPOController:
             old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs,
             old_values=old_values,
-            kl_coef=float(self.kl_controller.value),
+            kl_coef=float(self.kl_controller.kl_coef),
             kl_estimator=ppo.kl_estimator,
             gamma=ppo.gamma,
             lam=ppo.lam,

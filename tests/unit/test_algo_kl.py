@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fgrlhf_ray.algo.kl import AdaptiveKLController, FixedKLController, kl_penalty
+from fgrlhf_ray.algo.rewards import total_token_rewards
 
 
 def _ragged(seed: int, B: int, T: int):
@@ -99,32 +100,51 @@ def test_kl_penalty_errors():
 
 def test_fixed_controller():
     c = FixedKLController(kl_coef=0.3)
-    assert c.update(100.0, 64) == 0.3 and c.value == 0.3
+    assert c.update(100.0, 64) == 0.3 and c.kl_coef == 0.3
     c2 = FixedKLController(kl_coef=0.0)
     c2.load_state_dict(c.state_dict())
-    assert c2.value == 0.3
+    assert c2.kl_coef == 0.3
 
 
 def test_adaptive_controller_follows_ziegler_formula():
-    c = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
+    c = AdaptiveKLController(kl_coef=0.2, target=6.0, horizon=10000)
     beta = 0.2
     for kl, n in [(12.0, 64), (6.0, 64), (3.0, 128), (0.0, 64), (7.2, 32), (100.0, 256)]:
         err = min(max(kl / 6.0 - 1.0, -0.2), 0.2)
         beta *= 1 + err * n / 10000
         assert c.update(kl, n) == pytest.approx(beta, rel=1e-12)
-    assert c.value == pytest.approx(beta, rel=1e-12)
-    before = c.value
+    assert c.kl_coef == pytest.approx(beta, rel=1e-12)
+    before = c.kl_coef
     assert c.update(float("nan"), 64) == before  # a NaN KL does not poison β
 
 
 def test_adaptive_controller_state_round_trip():
-    c = AdaptiveKLController(init_kl_coef=0.1, target=4.0, horizon=500)
+    c = AdaptiveKLController(kl_coef=0.1, target=4.0, horizon=500)
     c.update(8.0, 100)
-    restored = AdaptiveKLController(init_kl_coef=1.0, target=1.0, horizon=1)
+    restored = AdaptiveKLController(kl_coef=1.0, target=1.0, horizon=1)
     restored.load_state_dict(c.state_dict())
     assert restored.state_dict() == c.state_dict()
     assert restored.update(2.0, 50) == c.update(2.0, 50)
     with pytest.raises(ValueError, match="'fixed'"):
         restored.load_state_dict(FixedKLController(kl_coef=0.1).state_dict())
     with pytest.raises(ValueError, match="target > 0"):
-        AdaptiveKLController(init_kl_coef=0.1, target=0.0, horizon=10)
+        AdaptiveKLController(kl_coef=0.1, target=0.0, horizon=10)
+
+
+# One name for the KL coefficient, `kl_coef`: config, controllers, checkpoints and metrics.
+
+
+def test_kl_controllers_expose_kl_coef_and_load_old_checkpoints():
+    fixed = FixedKLController(kl_coef=0.3)
+    assert fixed.kl_coef == 0.3 and fixed.state_dict() == {"type": "fixed", "kl_coef": 0.3}
+    adaptive = AdaptiveKLController(kl_coef=0.1, target=6.0, horizon=100)
+    adaptive.load_state_dict({"type": "adaptive", "value": 0.42, "target": 5.0, "horizon": 50.0})  # pre-rename
+    assert adaptive.kl_coef == 0.42 and adaptive.state_dict()["kl_coef"] == 0.42
+    fixed.load_state_dict({"type": "fixed", "value": 0.7})
+    assert fixed.kl_coef == 0.7
+
+
+def test_reward_stats_do_not_log_a_second_name_for_the_kl_coefficient():
+    mask = torch.ones(2, 3)
+    _, stats = total_token_rewards(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), mask, 0.3, "k1")
+    assert "beta" not in stats and "kl_coef" not in stats  # the controller logs it, once, as kl_coef
