@@ -48,6 +48,9 @@ MODEL_KINDS = ("segment_classifier", "sequence_preference", "token_level")
 # Paper A, section "LM customization": the relevance weight steers response length.
 RELEVANCE_WEIGHT_PRESETS: dict[str, float] = {"short": 0.4, "medium": 0.3, "long": 0.2}
 
+#: An environment variable's name (the `token_env` fields of run and serve configs).
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
 
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, docstrings are descriptions."""
@@ -175,7 +178,7 @@ class RewardModelConfig(StrictModel):
     max_concurrency: int = Field(4, ge=1)
     """Concurrent in-flight requests for http scorers."""
 
-    token_env: str = Field("FGRLHF_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    token_env: str = Field("FGRLHF_SERVE_TOKEN", pattern=ENV_VAR_PATTERN)
     """http scorers: environment variable holding the bearer token sent to the server (unset: none sent).
     toxicity scorers with a `target`: the variable holding the API key (default there: PERSPECTIVE_API_KEY)."""
 
@@ -548,6 +551,30 @@ class AuditConfig(StrictModel):
     """At the end of the run, wait at most this long for the last audit's result."""
 
 
+# ---------------------------------------------------------------------- reward-model sets
+# Shared by the run config and the serve config (`fgrlhf_ray.serve.config`).
+
+
+def require_reward_models(value: list) -> list:
+    """Field validator body: a config lists at least one reward model."""
+    if not value:
+        raise ValueError("at least one reward model is required")
+    return value
+
+
+def check_reward_model_set(reward_models: Sequence["RewardModelConfig"], preset: str | None) -> None:
+    """Names are unique, and a length `preset` has a model named `relevance` to act on."""
+    names = [rm.name for rm in reward_models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"reward_models: names must be unique, repeated: {', '.join(duplicates)}")
+    if preset is not None and "relevance" not in names:
+        raise ValueError(
+            f"preset {preset!r} sets the weight of the reward model named 'relevance', "
+            f"but there is none (reward models: {', '.join(names)})"
+        )
+
+
 # ----------------------------------------------------------------------------- root
 
 
@@ -606,21 +633,11 @@ class RunConfig(StrictModel):
     def _at_least_one_reward_model(cls, value: list[RewardModelConfig]) -> list[RewardModelConfig]:
         # A field validator (not the model validator below) so it is reported together
         # with every other field error instead of being masked by them.
-        if not value:
-            raise ValueError("at least one reward model is required")
-        return value
+        return require_reward_models(value)
 
     @model_validator(mode="after")
     def _check_run(self) -> "RunConfig":
-        names = [rm.name for rm in self.reward_models]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"reward_models: names must be unique, repeated: {', '.join(duplicates)}")
-        if self.preset is not None and "relevance" not in names:
-            raise ValueError(
-                f"preset {self.preset!r} sets the weight of the reward model named 'relevance', "
-                f"but there is none (reward models: {', '.join(names)})"
-            )
+        check_reward_model_set(self.reward_models, self.preset)
         if self.ppo.minibatch_size > self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt:
             raise ValueError(
                 f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds the rollout batch "

@@ -7,6 +7,9 @@ mean the same thing as in a training config, so a model's weighted total from
 model (request batching, autoscaling, health checks) plus the HTTP front: host, port,
 route prefix, bearer token, request limits.
 
+The rules on the reward-model list (at least one, unique names, a `preset` needs a model
+named `relevance`) and the preset weights are the training config's own functions.
+
 Load with `load_serve_config(path, overrides)` (every problem becomes one `ConfigError`
 listing each bad field, like `fgrlhf config validate`). Imports no ray.
 """
@@ -20,11 +23,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fgrlhf_ray.config import (
+    ENV_VAR_PATTERN,
     MODEL_KINDS,
-    RELEVANCE_WEIGHT_PRESETS,
     RewardModelConfig,
     StrictModel,
+    check_reward_model_set,
     load_model_from_yaml,
+    require_reward_models,
+    reward_weights,
 )
 from fgrlhf_ray.errors import ConfigError
 
@@ -175,38 +181,25 @@ class ServeConfig(StrictModel):
     @field_validator("token_env")
     @classmethod
     def _check_token_env(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        if value is not None and not re.fullmatch(ENV_VAR_PATTERN, value):
             raise ValueError("token_env must be an environment variable name like FGRLHF_SERVE_TOKEN")
         return value
 
     @field_validator("reward_models")
     @classmethod
     def _at_least_one(cls, value: list[ServedRewardModelConfig]) -> list[ServedRewardModelConfig]:
-        if not value:
-            raise ValueError("at least one reward model is required")
-        return value
+        return require_reward_models(value)  # the training config's rule
 
     @model_validator(mode="after")
     def _check_serve(self) -> "ServeConfig":
-        names = [rm.name for rm in self.reward_models]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"reward_models: names must be unique, repeated: {', '.join(duplicates)}")
-        if self.preset is not None and "relevance" not in names:
-            raise ValueError(
-                f"preset {self.preset!r} sets the weight of the reward model named 'relevance', "
-                f"but there is none (reward models: {', '.join(names)})"
-            )
+        check_reward_model_set(self.reward_models, self.preset)  # unique names, preset needs 'relevance'
         if self.require_token and self.token_env is None:
             raise ValueError("require_token is true but token_env is null; name the variable holding the token")
         return self
 
     def effective_weights(self) -> dict[str, float]:
-        """Weight per model after `preset` (as `RunConfig.effective_reward_weights`)."""
-        weights = {rm.name: rm.weight for rm in self.reward_models}
-        if self.preset is not None:
-            weights["relevance"] = RELEVANCE_WEIGHT_PRESETS[self.preset]
-        return weights
+        """Weight per model after `preset` (the same function as `RunConfig.effective_reward_weights`)."""
+        return reward_weights(self.reward_models, self.preset)
 
     def model(self, name: str) -> ServedRewardModelConfig:
         for rm in self.reward_models:
