@@ -332,10 +332,8 @@ class LoRAConfig(StrictModel):
 
 class CriticConfig(StrictModel):
     model_path: str | None = None
-    """Backbone of the critic; null = start from the policy's weights."""
-
-    shared_backbone: bool = False
-    """Share the policy's backbone (one model, two heads) instead of a separate critic network."""
+    """Backbone of the critic (its own copy, trained by its own optimiser); null = start from the
+    policy's weights."""
 
 
 class LearnerConfig(StrictModel):
@@ -655,8 +653,6 @@ class RunConfig(StrictModel):
                 f"audit.min_samples ({self.audit.min_samples}) exceeds the rollout batch (ppo.prompts_per_step × "
                 f"rollout.sampling.n_samples_per_prompt = {batch}); lower it or raise the batch"
             )
-        if self.learner.lora.enabled and self.learner.critic.shared_backbone:
-            raise ValueError("learner.lora.enabled with learner.critic.shared_backbone is not supported")
         if (self.learner.weight_sync == "broadcast" and self.learner.weight_broadcast_backend() == "nccl"
                 and self.ray.placement == "colocate"):
             # Colocated, learner rank 0 and an engine share a GPU, and one NCCL communicator
@@ -690,6 +686,12 @@ class RunConfig(StrictModel):
 # ------------------------------------------------------------------- YAML & overrides
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Fields that older versions accepted, with what to do about them (shown with "unknown field").
+REMOVED_FIELDS: dict[str, str] = {
+    "learner.critic.shared_backbone": "removed: a critic sharing the policy's backbone was never implemented, "
+                                      "the critic always trains its own copy; delete the key",
+}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -813,6 +815,8 @@ def format_validation_error(
             allowed = _model_fields_at(model_cls, err["loc"][:-1])
             close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
             hint = f" — did you mean `{close[0]}`?" if close else ""
+            if model_cls is RunConfig and path in REMOVED_FIELDS:
+                hint = f" ({REMOVED_FIELDS[path]})"
             out.append(f"  {where}{path}: unknown field{hint} (allowed: {', '.join(allowed)})")
             continue
         if kind == "missing":

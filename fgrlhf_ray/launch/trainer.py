@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
     """`PPOLearner` keyword arguments from the run config (the same on every rank)."""
     ppo, learner = config.ppo, config.learner
-    if learner.critic.shared_backbone:
-        raise ConfigError("learner.critic.shared_backbone: a critic sharing the policy's backbone is not "
-                          "implemented yet; set it to false (the critic gets its own copy of the backbone)")
     return dict(
         policy_path=config.policy.model_path, critic_path=learner.critic.model_path,
         zero_stage=learner.zero_stage, offload_optimizer=learner.offload_optimizer, bf16=learner.bf16,
