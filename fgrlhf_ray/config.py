@@ -19,6 +19,7 @@ import difflib
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar
 
@@ -354,8 +355,10 @@ class LearnerConfig(StrictModel):
     optimiser step covers one PPO minibatch: ppo.minibatch_size / (world_size × micro_batch_size).
     If set, it must equal that quotient (the learner refuses a contradiction)."""
 
-    micro_batch_size: int = Field(4, ge=1)
-    """Samples per forward/backward pass on one rank."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Samples per forward/backward pass on one rank; it must divide the rank's minibatch
+    (ppo.minibatch_size / world_size). None (default): derived, the largest divisor of the rank's
+    minibatch that is at most 4 (`batch_geometry`)."""
 
     num_cpus_per_rank: float = Field(1.0, ge=0.0)
     """CPUs reserved per learner rank."""
@@ -549,6 +552,115 @@ class AuditConfig(StrictModel):
     """At the end of the run, wait at most this long for the last audit's result."""
 
 
+# ------------------------------------------------------------------- batch arithmetic
+
+#: The largest micro-batch `batch_geometry` derives when learner.micro_batch_size is unset.
+DEFAULT_MAX_MICRO_BATCH = 4
+
+
+@dataclass(frozen=True)
+class BatchGeometry:
+    """How one rollout batch is cut up for the learner (every count is in samples).
+
+    The batch of R samples is split into W equal rank shards; each PPO epoch cuts every shard
+    into minibatches of M / W (one optimiser step over all ranks takes M samples), and each
+    minibatch into `grad_accum_steps` forward/backward passes of `micro_batch_size`.
+    """
+
+    rollout_batch: int | None  # R = ppo.prompts_per_step × rollout.sampling.n_samples_per_prompt (None: unknown)
+    minibatch_size: int  # M = ppo.minibatch_size, over all ranks
+    world_size: int  # W = learner.world_size
+    micro_batch_size: int  # per rank and pass (learner.micro_batch_size, or derived)
+
+    @property
+    def minibatch_per_rank(self) -> int:
+        """M / W: the samples one rank contributes to an optimiser step."""
+        return self.minibatch_size // self.world_size
+
+    @property
+    def grad_accum_steps(self) -> int:
+        """M / (W · micro_batch_size): micro-batches accumulated per optimiser step."""
+        return self.minibatch_per_rank // self.micro_batch_size
+
+    @property
+    def optimizer_steps_per_epoch(self) -> int | None:
+        """R / M (None while R is unknown)."""
+        return None if self.rollout_batch is None else self.rollout_batch // self.minibatch_size
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _listed(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if values else "none"
+
+
+def batch_geometry(
+    *,
+    rollout_batch: int | None,
+    minibatch_size: int,
+    world_size: int,
+    micro_batch_size: int | None = None,
+    grad_accum_steps: int | None = None,
+) -> BatchGeometry:
+    """Check the batch arithmetic and derive the per-rank sizes (pure; the config validator and
+    the learner both call it, so they cannot disagree).
+
+    Rules (R rollout batch, M minibatch, W learner ranks, μ micro-batch; all ≥ 1):
+        M ≤ R and M | R        each PPO epoch cuts the batch into whole minibatches
+        W | M                  every rank takes M / W samples per optimiser step (so W | R too)
+        μ | M / W              DeepSpeed accumulates a whole number of micro-batches
+        grad_accum_steps ∈ {None, M / (W μ)}
+    μ = None derives the largest divisor of M / W that is at most `DEFAULT_MAX_MICRO_BATCH`.
+    `rollout_batch` None skips the rules that need R (the learner's constructor does not know it).
+
+    Raises ValueError naming the config fields involved and the values that would work.
+    """
+    R, M, W = rollout_batch, minibatch_size, world_size
+    for name, value in (("ppo.minibatch_size", M), ("learner.world_size", W), ("the rollout batch", R),
+                        ("learner.micro_batch_size", micro_batch_size), ("learner.grad_accum_steps", grad_accum_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    step = W * (micro_batch_size or 1)  # every workable M is a multiple of this
+    def rollout_problem(problem: str) -> ValueError:
+        allowed = [d for d in _divisors(R) if d % step == 0]
+        of = "" if step == 1 else (f" (the divisors of {R} that are multiples of learner.world_size"
+                                   f"{' × learner.micro_batch_size' if micro_batch_size else ''} = {step})")
+        return ValueError(
+            f"ppo.minibatch_size ({M}) {problem} (ppo.prompts_per_step × rollout.sampling.n_samples_per_prompt "
+            f"= {R}): each PPO epoch cuts the batch into whole minibatches. Allowed ppo.minibatch_size: "
+            f"{_listed(allowed)}{of}; or change ppo.prompts_per_step or rollout.sampling.n_samples_per_prompt so "
+            f"that the rollout batch is a multiple of {M}")
+
+    if R is not None and M > R:
+        raise rollout_problem("exceeds the rollout batch")
+    if M % W:
+        raise ValueError(
+            f"ppo.minibatch_size ({M}) must be divisible by learner.world_size ({W}): every rank takes "
+            f"minibatch_size / world_size samples per optimiser step; use a multiple of {step}")
+    if R is not None and R % M:
+        raise rollout_problem("does not divide the rollout batch")
+    per_rank = M // W
+    derived = micro_batch_size is None
+    if derived:
+        micro_batch_size = max(d for d in _divisors(per_rank) if d <= DEFAULT_MAX_MICRO_BATCH)
+    elif per_rank % micro_batch_size:
+        raise ValueError(
+            f"learner.micro_batch_size ({micro_batch_size}) does not divide each rank's minibatch "
+            f"(ppo.minibatch_size / learner.world_size = {M} / {W} = {per_rank}); allowed "
+            f"learner.micro_batch_size: {_listed(_divisors(per_rank))}, or leave it unset (derived)")
+    geometry = BatchGeometry(rollout_batch=R, minibatch_size=M, world_size=W, micro_batch_size=micro_batch_size)
+    if grad_accum_steps is not None and grad_accum_steps != geometry.grad_accum_steps:
+        raise ValueError(
+            f"learner.grad_accum_steps ({grad_accum_steps}) contradicts ppo.minibatch_size ({M}), "
+            f"learner.world_size ({W}) and learner.micro_batch_size "
+            f"({micro_batch_size}{', derived' if derived else ''}), "
+            f"which give {geometry.grad_accum_steps} micro-batches per optimiser step; set it to "
+            f"{geometry.grad_accum_steps} or leave it unset (derived)")
+    return geometry
+
+
 # ---------------------------------------------------------------------- reward-model sets
 # Shared by the run config and the serve config (`fgrlhf_ray.serve.config`).
 
@@ -636,17 +748,7 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _check_run(self) -> "RunConfig":
         check_reward_model_set(self.reward_models, self.preset)
-        if self.ppo.minibatch_size > self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt:
-            raise ValueError(
-                f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds the rollout batch "
-                f"(ppo.prompts_per_step × rollout.sampling.n_samples_per_prompt = "
-                f"{self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt})"
-            )
-        if self.ppo.minibatch_size % self.learner.world_size:
-            raise ValueError(
-                f"ppo.minibatch_size ({self.ppo.minibatch_size}) must be divisible by "
-                f"learner.world_size ({self.learner.world_size})"
-            )
+        self.batch_geometry()  # raises ValueError naming the fields and the allowed values
         batch = self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt
         if self.audit.judge is not None and self.audit.min_samples > batch:
             raise ValueError(
@@ -678,6 +780,13 @@ class RunConfig(StrictModel):
     def effective_reward_weights(self) -> dict[str, float]:
         """Weight per reward model after applying `preset`."""
         return reward_weights(self.reward_models, self.preset)
+
+    def batch_geometry(self) -> "BatchGeometry":
+        """How each rollout batch is cut over learner ranks, minibatches and micro-batches."""
+        return batch_geometry(
+            rollout_batch=self.ppo.prompts_per_step * self.rollout.sampling.n_samples_per_prompt,
+            minibatch_size=self.ppo.minibatch_size, world_size=self.learner.world_size,
+            micro_batch_size=self.learner.micro_batch_size, grad_accum_steps=self.learner.grad_accum_steps)
 
     def checkpoint_dir(self) -> str:
         return self.checkpoint.dir or os.path.join(self.logging.dir, "checkpoints")

@@ -40,7 +40,8 @@ def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
         policy_path=config.policy.model_path, critic_path=learner.critic.model_path,
         zero_stage=learner.zero_stage, offload_optimizer=learner.offload_optimizer, bf16=learner.bf16,
         lr=ppo.lr, critic_lr=ppo.critic_lr, adam_eps=ppo.adam_eps, grad_accum_steps=learner.grad_accum_steps,
-        micro_batch_size=learner.micro_batch_size, ppo_epochs=ppo.ppo_epochs, minibatch_size=ppo.minibatch_size,
+        micro_batch_size=config.batch_geometry().micro_batch_size,  # derived when learner.micro_batch_size is unset
+        ppo_epochs=ppo.ppo_epochs, minibatch_size=ppo.minibatch_size,
         policy_clip=ppo.policy_clip, value_clip=ppo.value_clip, dual_clip=ppo.dual_clip,
         loss_aggregation=ppo.loss_aggregation, max_grad_norm=ppo.max_grad_norm,
         lora=learner.lora.model_dump() if learner.lora.enabled else None,
@@ -159,7 +160,7 @@ class Trainer:
             options=dict(num_cpus=1, max_restarts=config.ray.max_restarts, max_task_retries=0,
                          runtime_env={"env_vars": dict(ACTOR_ENV)}),
             num_threads=1, model_path=config.policy.model_path, dtype=config.policy.dtype,
-            micro_batch_size=config.learner.micro_batch_size, pad_token_id=pad_token_id,
+            micro_batch_size=config.batch_geometry().micro_batch_size, pad_token_id=pad_token_id,
         )
 
     def _start_scorers(self):
