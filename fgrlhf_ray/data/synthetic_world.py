@@ -424,6 +424,91 @@ def _fmt_number(n: int) -> str:
     return f"{n:,}"
 
 
+def _make_entities(rng: random.Random, names: _NameMaker,
+                   n_ent: int) -> tuple[dict[str, Entity], dict[str, list[Entity]]]:
+    """`n_ent` entities of each type in `ENTITY_TYPES`, without facts: (name → entity, type →
+    entities in creation order). Part of `SyntheticWorld.generate`; draws from `rng` (and
+    `names`, which shares it) in a fixed order, so the same seed gives the same world.
+    """
+    # People combine a first and a last name from small pools: each part recurs, so
+    # BPE gives it one or two tokens and a small policy can learn to copy names.
+    n_part = max(6, math.ceil(2 * math.sqrt(n_ent)))
+    first_names = [names.word((2, 2)) for _ in range(n_part)]
+    last_names = [names.word((2, 2)) for _ in range(n_part)]
+    person_names = [f"{a} {b}" for a in first_names for b in last_names]
+    rng.shuffle(person_names)
+    ents: dict[str, Entity] = {}
+    by_type: dict[str, list[Entity]] = {t: [] for t in ENTITY_TYPES}
+    for t in ENTITY_TYPES:
+        for _ in range(n_ent):
+            if t == "person":
+                name = person_names.pop()
+            elif t == "city":
+                name = names.word((2, 2))
+            elif t == "river":
+                name = names.word((2, 2)) + " River"
+            else:
+                name = f"{names.word((2, 2))} {rng.choice(COMPANY_SUFFIXES)}"
+            e = Entity(name, t)
+            ents[name] = e
+            by_type[t].append(e)
+    return ents, by_type
+
+
+def _assign_facts(rng: random.Random, by_type: dict[str, list[Entity]], countries: list[str],
+                  seas: list[str]) -> None:
+    """Fill every entity's `facts` (type by type, entity by entity, relation by relation:
+    the order of the `rng` draws is part of the seeded world). Part of `SyntheticWorld.generate`."""
+    for e in by_type["person"]:
+        e.facts["birth_year"] = str(rng.randint(1900, 2005))
+        e.facts["born_in"] = rng.choice(by_type["city"]).name
+        e.facts["occupation"] = rng.choice(OCCUPATIONS)
+        e.facts["employer"] = rng.choice(by_type["company"]).name
+    for e in by_type["city"]:
+        e.facts["country"] = rng.choice(countries)
+        e.facts["population"] = _fmt_number(rng.randint(5, 2000) * 1000)
+        e.facts["mayor"] = rng.choice(by_type["person"]).name
+        e.facts["founded_year"] = str(rng.randint(1100, 1950))
+    for e in by_type["river"]:
+        e.facts["flows_through"] = rng.choice(by_type["city"]).name
+        e.facts["length"] = str(rng.randint(40, 3000))
+        e.facts["mouth"] = rng.choice(seas)
+    for e in by_type["company"]:
+        e.facts["headquarters"] = rng.choice(by_type["city"]).name
+        e.facts["founded_year"] = str(rng.randint(1850, 2020))
+        e.facts["founder"] = rng.choice(by_type["person"]).name
+        e.facts["product"] = rng.choice(PRODUCTS)
+
+
+def _choose_questions(rng: random.Random, by_type: dict[str, list[Entity]], n_questions: int, *, n_ent: int,
+                      pair_question_prob: float) -> list[tuple[Entity, tuple[str, ...]]]:
+    """`n_questions` distinct (subject, asked relations) pairs, each a pair question with
+    probability `pair_question_prob` while both kinds remain; `ValueError` when the world
+    has fewer distinct questions. Part of `SyntheticWorld.generate` (draws from `rng`)."""
+    candidates: list[tuple[Entity, tuple[str, ...]]] = []
+    pair_candidates: list[tuple[Entity, tuple[str, ...]]] = []
+    for t in ENTITY_TYPES:
+        for e in by_type[t]:
+            for rel in TYPE_RELATIONS[t]:
+                candidates.append((e, (rel,)))
+            for pair in PAIR_QUESTIONS:
+                if all(r in TYPE_RELATIONS[t] for r in pair):
+                    pair_candidates.append((e, pair))
+    if n_questions > len(candidates) + len(pair_candidates):
+        raise ValueError(
+            f"n_questions={n_questions} exceeds the {len(candidates) + len(pair_candidates)} "
+            f"distinct questions of a world with {n_ent} entities per type; "
+            "raise entities_per_type."
+        )
+    rng.shuffle(candidates)
+    rng.shuffle(pair_candidates)
+    chosen: list[tuple[Entity, tuple[str, ...]]] = []
+    for _ in range(n_questions):
+        use_pair = pair_candidates and (not candidates or rng.random() < pair_question_prob)
+        chosen.append(pair_candidates.pop() if use_pair else candidates.pop())
+    return chosen
+
+
 class SyntheticWorld:
     """A seeded world of entities, facts and questions with passages and gold answers.
 
@@ -482,75 +567,17 @@ class SyntheticWorld:
         """
         if n_questions < 1:
             raise ValueError(f"n_questions must be >= 1, got {n_questions}")
+        # One RNG for the whole world, drawn in a fixed order (names, entities, facts, question
+        # choice, then each question): the helpers below are called in that order.
         rng = random.Random(f"fgrlhf-synthetic-world:{seed}")
         n_ent = entities_per_type or max(8, math.ceil(0.1 * n_questions))
         names = _NameMaker(rng)
         countries = [names.word((2, 3)) for _ in range(max(4, n_ent // 8))]
         seas = [names.word((2, 2)) + " Sea" for _ in range(max(3, n_ent // 12))]
-        # People combine a first and a last name from small pools: each part recurs, so
-        # BPE gives it one or two tokens and a small policy can learn to copy names.
-        n_part = max(6, math.ceil(2 * math.sqrt(n_ent)))
-        first_names = [names.word((2, 2)) for _ in range(n_part)]
-        last_names = [names.word((2, 2)) for _ in range(n_part)]
-        person_names = [f"{a} {b}" for a in first_names for b in last_names]
-        rng.shuffle(person_names)
-        ents: dict[str, Entity] = {}
-        by_type: dict[str, list[Entity]] = {t: [] for t in ENTITY_TYPES}
-        for t in ENTITY_TYPES:
-            for _ in range(n_ent):
-                if t == "person":
-                    name = person_names.pop()
-                elif t == "city":
-                    name = names.word((2, 2))
-                elif t == "river":
-                    name = names.word((2, 2)) + " River"
-                else:
-                    name = f"{names.word((2, 2))} {rng.choice(COMPANY_SUFFIXES)}"
-                e = Entity(name, t)
-                ents[name] = e
-                by_type[t].append(e)
-        for e in by_type["person"]:
-            e.facts["birth_year"] = str(rng.randint(1900, 2005))
-            e.facts["born_in"] = rng.choice(by_type["city"]).name
-            e.facts["occupation"] = rng.choice(OCCUPATIONS)
-            e.facts["employer"] = rng.choice(by_type["company"]).name
-        for e in by_type["city"]:
-            e.facts["country"] = rng.choice(countries)
-            e.facts["population"] = _fmt_number(rng.randint(5, 2000) * 1000)
-            e.facts["mayor"] = rng.choice(by_type["person"]).name
-            e.facts["founded_year"] = str(rng.randint(1100, 1950))
-        for e in by_type["river"]:
-            e.facts["flows_through"] = rng.choice(by_type["city"]).name
-            e.facts["length"] = str(rng.randint(40, 3000))
-            e.facts["mouth"] = rng.choice(seas)
-        for e in by_type["company"]:
-            e.facts["headquarters"] = rng.choice(by_type["city"]).name
-            e.facts["founded_year"] = str(rng.randint(1850, 2020))
-            e.facts["founder"] = rng.choice(by_type["person"]).name
-            e.facts["product"] = rng.choice(PRODUCTS)
-
+        ents, by_type = _make_entities(rng, names, n_ent)
+        _assign_facts(rng, by_type, countries, seas)
         world = cls(seed=seed, entities=ents, questions=[], countries=countries, seas=seas)
-        candidates: list[tuple[Entity, tuple[str, ...]]] = []
-        pair_candidates: list[tuple[Entity, tuple[str, ...]]] = []
-        for t in ENTITY_TYPES:
-            for e in by_type[t]:
-                for rel in TYPE_RELATIONS[t]:
-                    candidates.append((e, (rel,)))
-                for pair in PAIR_QUESTIONS:
-                    if all(r in TYPE_RELATIONS[t] for r in pair):
-                        pair_candidates.append((e, pair))
-        if n_questions > len(candidates) + len(pair_candidates):
-            raise ValueError(
-                f"n_questions={n_questions} exceeds the {len(candidates) + len(pair_candidates)} "
-                f"distinct questions of a world with {n_ent} entities per type; "
-                "raise entities_per_type."
-            )
-        rng.shuffle(candidates)
-        rng.shuffle(pair_candidates)
-        chosen: list[tuple[Entity, tuple[str, ...]]] = []
-        for _ in range(n_questions):
-            use_pair = pair_candidates and (not candidates or rng.random() < pair_question_prob)
-            chosen.append(pair_candidates.pop() if use_pair else candidates.pop())
+        chosen = _choose_questions(rng, by_type, n_questions, n_ent=n_ent, pair_question_prob=pair_question_prob)
         width = max(5, len(str(n_questions)))
         for i, (e, asked) in enumerate(chosen):
             world.questions.append(
