@@ -30,7 +30,7 @@ import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fgrlhf_ray.actors.group import ActorGroup, first, join
-from fgrlhf_ray.workers.learner import ForwardBatch, as_forward_batch, free_port, mean_stats
+from fgrlhf_ray.workers.learner import ForwardBatch, LearnerSettings, as_forward_batch, free_port, mean_stats
 from fgrlhf_ray.types import Experience, RolloutBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -107,14 +107,14 @@ class LearnerActor:
         ip = ray.util.get_node_ip_address()
         return ip, free_port(ip)
 
-    def setup(self, *, master_addr: str, master_port: int, local_rank: int, learner_kwargs: dict) -> dict:
+    def setup(self, *, master_addr: str, master_port: int, local_rank: int, settings: LearnerSettings) -> dict:
         os.environ.update(
             {"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(self.rank),
              "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(local_rank)}
         )
         from fgrlhf_ray.workers.learner import PPOLearner  # after the env: DeepSpeed reads it
 
-        self.learner = PPOLearner(**learner_kwargs)
+        self.learner = PPOLearner(settings=settings)
         return self.learner.info()
 
     def compute_logprobs_and_values(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +211,7 @@ class LearnerGroup(ActorGroup):
 
     Keyword-only args:
         world_size: M ranks.
-        learner_kwargs: `PPOLearner` keyword arguments (same for every rank).
+        settings: the `LearnerSettings` every rank's `PPOLearner` is built from.
         placement_group: optional Ray placement group; rank i goes to bundle
             `bundle_offset + i`.
         num_cpus_per_actor / num_gpus_per_actor / resources: Ray resources per rank.
@@ -226,7 +226,7 @@ class LearnerGroup(ActorGroup):
         self,
         *,
         world_size: int,
-        learner_kwargs: Mapping[str, Any],
+        settings: LearnerSettings,
         placement_group=None,
         bundle_offset: int = 0,
         num_cpus_per_actor: float = 1.0,
@@ -270,7 +270,7 @@ class LearnerGroup(ActorGroup):
                         master_addr=master_addr,
                         master_port=master_port,
                         local_rank=self._local_rank(nodes, rank, gpus=num_gpus_per_actor > 0),
-                        learner_kwargs=dict(learner_kwargs),
+                        settings=settings,
                     )
                     for rank, a in enumerate(self.actors)
                 ],

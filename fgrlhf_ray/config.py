@@ -263,7 +263,9 @@ class PPOConfig(StrictModel):
     """Dual-clip constant c > 1 bounding the loss for negative advantages; null disables."""
 
     value_loss_coef: float = Field(0.5, ge=0.0)
-    """Multiplier of the value loss (0.5·max(unclipped, clipped) squared error)."""
+    """c in the critic's loss c · max((V − R)², (V_clip − R)²) (0.5: the usual ½ of a squared error).
+    The critic has its own optimiser, so c scales only the critic's gradient; under Adam that matters
+    mostly through the gradient clipping (`max_grad_norm`) and `adam_eps`."""
 
     ppo_epochs: int = Field(4, ge=1)
     """Passes over each rollout batch (paper A: 4)."""

@@ -29,22 +29,25 @@ from fgrlhf_ray.launch.runtime import RayRuntime
 from fgrlhf_ray.launch.services import RolloutService
 from fgrlhf_ray.data.prompts import load_prompts
 from fgrlhf_ray.infra.reliability import memory_over_limit
+from fgrlhf_ray.workers.learner import LearnerSettings, LoRASettings
 from fgrlhf_ray.rewards.diagnostics import progress_summary
 
 log = logging.getLogger(__name__)
 
-def learner_kwargs(config: RunConfig, *, pad_token_id: int) -> dict:
-    """`PPOLearner` keyword arguments from the run config (the same on every rank)."""
+def learner_settings(config: RunConfig, *, pad_token_id: int) -> LearnerSettings:
+    """The `LearnerSettings` every learner rank is built from (the one place config → learner)."""
     ppo, learner = config.ppo, config.learner
-    return dict(
+    lora = learner.lora
+    return LearnerSettings(
         policy_path=config.policy.model_path, critic_path=learner.critic.model_path,
         zero_stage=learner.zero_stage, offload_optimizer=learner.offload_optimizer, bf16=learner.bf16,
-        lr=ppo.lr, critic_lr=ppo.critic_lr, adam_eps=ppo.adam_eps, grad_accum_steps=learner.grad_accum_steps,
-        micro_batch_size=config.batch_geometry().micro_batch_size,  # derived when learner.micro_batch_size is unset
-        ppo_epochs=ppo.ppo_epochs, minibatch_size=ppo.minibatch_size,
+        lr=ppo.lr, critic_lr=ppo.critic_lr, adam_eps=ppo.adam_eps,
+        minibatch_size=ppo.minibatch_size, micro_batch_size=learner.micro_batch_size,
+        grad_accum_steps=learner.grad_accum_steps, ppo_epochs=ppo.ppo_epochs,
         policy_clip=ppo.policy_clip, value_clip=ppo.value_clip, dual_clip=ppo.dual_clip,
-        loss_aggregation=ppo.loss_aggregation, max_grad_norm=ppo.max_grad_norm,
-        lora=learner.lora.model_dump() if learner.lora.enabled else None,
+        value_loss_coef=ppo.value_loss_coef, loss_aggregation=ppo.loss_aggregation, max_grad_norm=ppo.max_grad_norm,
+        lora=(LoRASettings(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=tuple(lora.target_modules))
+              if lora.enabled else None),
         seed=config.seed, pad_token_id=pad_token_id,
         use_critic=ppo.advantage_estimator == "gae",
         kl_loss_coef=ppo.kl_coef if ppo.kl_in == "loss" else 0.0,
@@ -140,7 +143,7 @@ class Trainer:
         config = self.config
         return LearnerGroup(
             world_size=config.learner.world_size,
-            learner_kwargs=learner_kwargs(config, pad_token_id=pad_token_id),
+            settings=learner_settings(config, pad_token_id=pad_token_id),
             placement_group=learner_pg,
             # colocate: rank i shares bundle i with engine i (the bundle holds both's CPUs).
             num_cpus_per_actor=config.learner.num_cpus_per_rank,

@@ -7,8 +7,9 @@ and `LearnerGroup` runs M of them as Ray actors forming one torch.distributed gr
 What one rank holds:
 - policy: `AutoModelForCausalLM` (optionally wrapped with PEFT LoRA) in a DeepSpeed
   engine with ZeRO stage 0–3, optional optimizer offload to CPU, optional bf16;
-- critic: `fgrlhf_ray.workers.critic.CriticModel` (a separate backbone + value head; a backbone
-  shared with the policy is NOT implemented — see `CriticModel`) in a second engine.
+- critic: `fgrlhf_ray.workers.critic.CriticModel` (its own backbone + value head) in a second
+  engine with its own optimiser; its loss is `critic_loss` (`value_loss_coef` × the clipped
+  squared error).
 
 Batch sizes (all counts are samples):
 - `minibatch_size` samples (over ALL ranks) per optimiser step; each rank takes
@@ -17,6 +18,8 @@ Batch sizes (all counts are samples):
   steps are derived: `minibatch_size / world_size / micro_batch_size` (an explicit
   `grad_accum_steps` must agree with it);
 - `ppo_epochs` passes over the rank's shard per `train_step`, reshuffled each pass.
+These rules are one function, `fgrlhf_ray.config.batch_geometry`: the config validator runs it
+before Ray starts, the learner again on its own world size and on every batch (a guard).
 
 Layout of the tensors (see `fgrlhf_ray.algo.experience`): sequences (B, P+T) with the
 prompt left-padded to P and the response right-padded to T; response token t sits at
@@ -44,6 +47,7 @@ reference policy (`fgrlhf_ray.workers.reference`) reuses them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -60,6 +64,7 @@ import torch
 from fgrlhf_ray.algo.experience import gather_response_logprobs, pad_rollout, position_ids_from_attention_mask
 from fgrlhf_ray.algo.kl import kl_loss
 from fgrlhf_ray.algo.losses import ppo_policy_loss, ppo_value_loss
+from fgrlhf_ray.config import batch_geometry
 from fgrlhf_ray.workers.critic import CriticModel, gather_values
 from fgrlhf_ray.types import Experience, RolloutBatch
 
@@ -282,134 +287,156 @@ def _copy_tokenizer(src: str, dst: Path) -> None:
         pass
 
 
+def _check_engine_settings(settings) -> None:
+    """The DeepSpeed options a `LearnerSettings` may combine."""
+    if settings.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"PPOLearner: zero_stage must be 0, 1, 2 or 3, got {settings.zero_stage}.")
+    if settings.offload_optimizer and settings.zero_stage == 0:
+        raise ValueError(
+            "PPOLearner: offload_optimizer=True needs ZeRO stage 1, 2 or 3 (DeepSpeed offloads ZeRO "
+            "optimizer partitions); set learner.zero_stage >= 1 or offload_optimizer=False."
+        )
+
+
 # --------------------------------------------------------------------------- learner
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    """PEFT LoRA adapters on the policy (config `learner.lora`); the critic trains in full."""
+
+    r: int = 8  # rank
+    alpha: float = 16.0  # scaling α (the adapter's output is scaled by α / r)
+    dropout: float = 0.0  # dropout on the LoRA path
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # module names given adapters
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Everything a `PPOLearner` rank is built from: the same on every rank, picklable (it travels
+    to the Ray actors). `fgrlhf_ray.launch.trainer.learner_settings` builds it from a `RunConfig`;
+    each field keeps its config name (config path in brackets)."""
+
+    policy_path: str  # HF folder of the initial *ForCausalLM policy [policy.model_path]
+    critic_path: str | None = None  # CriticModel.save_pretrained folder or any HF model folder (backbone;
+    #   new zero head); None = policy_path [learner.critic.model_path]
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3, both engines [learner.zero_stage]
+    offload_optimizer: bool = False  # optimizer states on CPU (needs ZeRO >= 1) [learner.offload_optimizer]
+    bf16: bool = False  # bfloat16 mixed precision, fp32 master weights [learner.bf16]
+    lr: float = 1e-5  # policy Adam learning rate (no weight decay) [ppo.lr]
+    critic_lr: float = 1e-5  # critic Adam learning rate [ppo.critic_lr]
+    adam_eps: float = 1e-5  # Adam ε, both optimisers [ppo.adam_eps]
+    minibatch_size: int = 8  # samples per optimiser step over all ranks [ppo.minibatch_size]
+    micro_batch_size: int | None = 4  # samples per forward/backward on one rank; None = derived
+    #   (`fgrlhf_ray.config.batch_geometry`) [learner.micro_batch_size]
+    grad_accum_steps: int | None = None  # None (derived) or minibatch / (world × micro) [learner.grad_accum_steps]
+    ppo_epochs: int = 4  # passes over the rank's shard per train_step [ppo.ppo_epochs]
+    policy_clip: float = 0.2  # PPO ratio clip ε [ppo.policy_clip]
+    value_clip: float | None = 0.2  # value clip around the old value; None = unclipped [ppo.value_clip]
+    dual_clip: float | None = None  # dual-clip c > 1, or None [ppo.dual_clip]
+    value_loss_coef: float = 0.5  # c in the critic loss c · max((V−R)², (V_clip−R)²) [ppo.value_loss_coef]
+    loss_aggregation: str = "token_mean"  # "token_mean" | "seq_mean" (`algo.losses.aggregate`)
+    max_grad_norm: float = 1.0  # gradient clipping, both engines [ppo.max_grad_norm]
+    lora: LoRASettings | None = None  # train LoRA adapters on the policy; None = full fine-tuning
+    seed: int = 0  # seeds torch and the minibatch shuffling [seed]
+    pad_token_id: int | None = None  # pad id for RolloutBatch inputs; None = the policy config's
+    use_critic: bool = True  # build the critic (GAE); False for the critic-free estimators: no critic
+    #   engine, values, value loss or critic checkpoint [ppo.advantage_estimator == "gae"]
+    kl_loss_coef: float = 0.0  # β of a KL-to-reference term in the policy loss; 0 = none (the KL is in
+    #   the rewards) [ppo.kl_coef when ppo.kl_in is "loss"]
+    kl_loss_estimator: str = "k3"  # estimator of that term (`algo.kl.KL_ESTIMATORS`)
+
+
+# ½ in `ppo_value_loss`'s ½ · max(...) squared error: the critic loss is rescaled from it.
+_VALUE_LOSS_HALF = 0.5
+
+
+def critic_loss(values, old_values, returns, mask, *, value_clip: float | None, value_loss_coef: float,
+                aggregation: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """The critic's loss c · aggregate(max((V − R)², (V_clip − R)²)), c = `value_loss_coef`.
+
+    All tensors (B, T), mask 1 on real response tokens. It is `ppo_value_loss` (which carries
+    the ½) scaled by c / ½, so c = 0.5 is `ppo_value_loss` itself; stats["value_loss"] is the
+    scaled loss, the other stats are `ppo_value_loss`'s.
+    """
+    loss, stats = ppo_value_loss(values, old_values, returns, mask, clip=value_clip, aggregation=aggregation)
+    scale = value_loss_coef / _VALUE_LOSS_HALF
+    return loss * scale, {**stats, "value_loss": stats["value_loss"] * scale}
 
 
 class PPOLearner:
     """One data-parallel rank of the PPO learner (policy + critic DeepSpeed engines).
 
-    Keyword-only args:
-        policy_path: HF folder of the initial policy (a `*ForCausalLM`).
-        critic_path: start of the critic: a folder written by `CriticModel.save_pretrained`
-            or any HF model folder (backbone only; new zero head). None = `policy_path`.
-        zero_stage: DeepSpeed ZeRO stage 0, 1, 2 or 3 (both engines).
-        offload_optimizer: keep optimizer states on CPU (DeepSpeed ZeRO-Offload; needs
-            ZeRO stage >= 1; uses DeepSpeedCPUAdam, JIT-built on first use).
-        bf16: bfloat16 mixed precision (fp32 master weights in the optimizer).
-        lr / critic_lr / adam_eps: Adam (decoupled weight decay 0, i.e. plain Adam).
-        grad_accum_steps: None (derived, see module docstring) or the same number.
-        micro_batch_size: samples per forward/backward on this rank.
-        ppo_epochs: passes over the rank's shard per `train_step`.
-        minibatch_size: samples per optimiser step over all ranks.
-        policy_clip / value_clip / dual_clip / loss_aggregation: PPO loss settings
-            (`fgrlhf_ray.algo.losses`).
-        max_grad_norm: gradient clipping (DeepSpeed `gradient_clipping`).
-        lora: None, or a dict with r, alpha, dropout, target_modules (and optionally
-            enabled=False to disable): train PEFT LoRA adapters on the policy only.
-        seed: seeds torch and the minibatch shuffling (same on all ranks).
-        pad_token_id: pad id for padding `RolloutBatch` inputs; None = the policy
-            config's / tokenizer's pad id.
-        use_critic: build the critic (GAE). False for the critic-free estimators: no critic
-            engine, no values, no value loss, nothing of it in checkpoints.
-        kl_loss_coef / kl_loss_estimator: β and estimator of a KL-to-reference term added to the
-            policy loss (`ppo.kl_in: loss`); 0 = none (the KL is in the rewards).
+    Built from one `LearnerSettings` (keyword `settings`); the rank and world size come from
+    the torch.distributed environment (`_init_distributed`), the batch arithmetic from
+    `fgrlhf_ray.config.batch_geometry` (the check the config validator runs too).
     """
 
-    def __init__(
-        self,
-        *,
-        policy_path: str,
-        critic_path: str | None = None,
-        zero_stage: int = 0,
-        offload_optimizer: bool = False,
-        bf16: bool = False,
-        lr: float = 1e-5,
-        critic_lr: float = 1e-5,
-        adam_eps: float = 1e-5,
-        grad_accum_steps: int | None = None,
-        micro_batch_size: int = 4,
-        ppo_epochs: int = 4,
-        minibatch_size: int = 8,
-        policy_clip: float = 0.2,
-        value_clip: float | None = 0.2,
-        dual_clip: float | None = None,
-        loss_aggregation: str = "token_mean",
-        max_grad_norm: float = 1.0,
-        lora: Mapping[str, Any] | None = None,
-        seed: int = 0,
-        pad_token_id: int | None = None,
-        use_critic: bool = True,
-        kl_loss_coef: float = 0.0,
-        kl_loss_estimator: str = "k3",
-    ) -> None:
+    def __init__(self, *, settings: LearnerSettings) -> None:
         _setup_deepspeed_env()
         import deepspeed  # noqa: F401  (after DS_ACCELERATOR)
+
+        self.settings = settings
+        _check_engine_settings(settings)
+        self._join_process_group()
+        try:
+            self.geometry = batch_geometry(
+                rollout_batch=None, minibatch_size=settings.minibatch_size, world_size=self.world_size,
+                micro_batch_size=settings.micro_batch_size, grad_accum_steps=settings.grad_accum_steps)
+        except ValueError as e:
+            raise ValueError(f"PPOLearner: {e}") from None
+        self.train_steps = 0  # completed train_step calls (for shuffling seeds and resume)
+        torch.manual_seed(settings.seed)
+        self.policy_engine = self._build_policy()
+        self.critic_engine = self._build_critic() if settings.use_critic else None
+        for engine in self.engines:
+            engine.eval()  # dropout off; see module docstring
+
+    def _join_process_group(self) -> None:
+        """Join the torch.distributed group; set rank, world_size and device."""
         import torch.distributed as dist
         from deepspeed.accelerator import get_accelerator
 
-        if zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"PPOLearner: zero_stage must be 0, 1, 2 or 3, got {zero_stage}.")
-        if offload_optimizer and zero_stage == 0:
-            raise ValueError(
-                "PPOLearner: offload_optimizer=True needs ZeRO stage 1, 2 or 3 (DeepSpeed offloads ZeRO "
-                "optimizer partitions); set learner.zero_stage >= 1 or offload_optimizer=False."
-            )
         _init_distributed()
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         acc = get_accelerator()
         self.device = torch.device("cpu") if acc.device_name() == "cpu" else torch.device(
-            acc.device_name(), acc.current_device()
-        )
+            acc.device_name(), acc.current_device())
 
-        if minibatch_size % self.world_size:
-            raise ValueError(
-                f"PPOLearner: minibatch_size={minibatch_size} is not divisible by the learner world size "
-                f"{self.world_size}; make ppo.minibatch_size a multiple of learner.world_size."
-            )
-        per_rank = minibatch_size // self.world_size
-        if per_rank % micro_batch_size:
-            raise ValueError(
-                f"PPOLearner: each rank's minibatch (minibatch_size / world_size = {per_rank}) is not a "
-                f"multiple of micro_batch_size={micro_batch_size}; choose micro_batch_size dividing {per_rank}."
-            )
-        derived_accum = per_rank // micro_batch_size
-        if grad_accum_steps is not None and grad_accum_steps != derived_accum:
-            raise ValueError(
-                f"PPOLearner: grad_accum_steps={grad_accum_steps} contradicts minibatch_size={minibatch_size}, "
-                f"world_size={self.world_size}, micro_batch_size={micro_batch_size} (which give "
-                f"{derived_accum} micro-batches per optimiser step); pass grad_accum_steps=None or {derived_accum}."
-            )
-        self.policy_path, self.critic_path = str(policy_path), str(critic_path or policy_path)
-        self.zero_stage, self.offload_optimizer, self.bf16 = zero_stage, offload_optimizer, bf16
-        self.micro_batch_size, self.grad_accum_steps = micro_batch_size, derived_accum
-        self.minibatch_per_rank, self.ppo_epochs = per_rank, ppo_epochs
-        self.policy_clip, self.value_clip, self.dual_clip = policy_clip, value_clip, dual_clip
-        self.loss_aggregation, self.max_grad_norm = loss_aggregation, max_grad_norm
-        self.lora = dict(lora) if lora and lora.get("enabled", True) else None
-        self.seed = seed
-        self.kl_loss_coef, self.kl_loss_estimator = float(kl_loss_coef), kl_loss_estimator
-        self.train_steps = 0  # completed train_step calls (for shuffling seeds and resume)
-        torch.manual_seed(seed)
-
+    def _build_policy(self):
+        """The policy's engine (LoRA-wrapped if configured); sets policy_config and pad_token_id."""
         from transformers import AutoModelForCausalLM
 
-        policy = AutoModelForCausalLM.from_pretrained(self.policy_path, dtype=torch.float32)
+        s = self.settings
+        policy = AutoModelForCausalLM.from_pretrained(s.policy_path, dtype=torch.float32)
         self.policy_config = policy.config
-        if pad_token_id is None:
-            pad_token_id = default_pad_token_id(policy.config)
-        self.pad_token_id = pad_token_id
+        self.pad_token_id = s.pad_token_id if s.pad_token_id is not None else default_pad_token_id(policy.config)
         self._lora_scalings: dict[str, float] = {}
-        if self.lora:
-            policy = self._wrap_lora(policy, self.lora)
+        if s.lora:
+            policy = self._wrap_lora(policy, s.lora)
             self._lora_scalings = lora_scalings(policy)
-        self.policy_engine = self._make_engine(policy, lr=lr, eps=adam_eps)
-        self.critic_engine = None
-        if use_critic:
-            critic = CriticModel.from_pretrained(self.critic_path, torch_dtype=torch.float32)
-            self.critic_engine = self._make_engine(critic, lr=critic_lr, eps=adam_eps)
-        for engine in self.engines:
-            engine.eval()  # dropout off; see module docstring
+        return self._make_engine(policy, lr=s.lr, eps=s.adam_eps)
+
+    def _build_critic(self):
+        critic = CriticModel.from_pretrained(self.settings.critic_path or self.settings.policy_path,
+                                             torch_dtype=torch.float32)
+        return self._make_engine(critic, lr=self.settings.critic_lr, eps=self.settings.adam_eps)
+
+    @property
+    def zero_stage(self) -> int:
+        return self.settings.zero_stage
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.geometry.micro_batch_size
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.geometry.grad_accum_steps
+
+    @property
+    def minibatch_per_rank(self) -> int:
+        return self.geometry.minibatch_per_rank
 
     @property
     def engines(self) -> list:
@@ -419,17 +446,11 @@ class PPOLearner:
     # ---------------------------------------------------------------- construction
 
     @staticmethod
-    def _wrap_lora(model, lora: Mapping[str, Any]):
+    def _wrap_lora(model, lora: LoRASettings):
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(
-            r=int(lora.get("r", 8)),
-            lora_alpha=float(lora.get("alpha", 16.0)),
-            lora_dropout=float(lora.get("dropout", 0.0)),
-            target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                         target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
         return get_peft_model(model, cfg)
 
     def _ds_config(self, num_params: int) -> dict[str, Any]:
@@ -439,7 +460,7 @@ class PPOLearner:
             # front; a model smaller than that only needs one bucket of its own size.
             bucket = int(min(5e8, max(1e6, num_params)))
             zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket)
-        if self.offload_optimizer:
+        if self.settings.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.device.type == "cuda"}
         if self.zero_stage == 3:
             # We gather weights ourselves (GatheredParameters) for sync and HF saves.
@@ -448,9 +469,9 @@ class PPOLearner:
             "train_micro_batch_size_per_gpu": self.micro_batch_size,
             "gradient_accumulation_steps": self.grad_accum_steps,
             "train_batch_size": self.micro_batch_size * self.grad_accum_steps * self.world_size,
-            "gradient_clipping": self.max_grad_norm,
+            "gradient_clipping": self.settings.max_grad_norm,
             "zero_optimization": zero,
-            "bf16": {"enabled": bool(self.bf16)},
+            "bf16": {"enabled": bool(self.settings.bf16)},
             "steps_per_print": 10**12,
             "wall_clock_breakdown": False,
             "zero_allow_untested_optimizer": True,
@@ -460,7 +481,7 @@ class PPOLearner:
         import deepspeed
 
         params = [p for p in module.parameters() if p.requires_grad]
-        if self.offload_optimizer:
+        if self.settings.offload_optimizer:
             # ZeRO-Offload steps the optimizer on CPU and insists on DeepSpeedCPUAdam.
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -541,14 +562,15 @@ class PPOLearner:
         t0 = time.perf_counter()
         exp = experience
         B, T = exp.action_mask.shape
-        if B == 0 or B % self.minibatch_per_rank:
-            raise ValueError(
-                f"PPOLearner.train_step: this rank got B={B} samples, not a positive multiple of its "
-                f"minibatch ({self.minibatch_per_rank} = minibatch_size / world_size). Make the rollout batch "
-                "(prompts_per_step × n_samples_per_prompt) a multiple of ppo.minibatch_size."
-            )
+        s = self.settings
+        try:  # the config's check, on the real batch: every rank gets an equal shard of B × world_size
+            batch_geometry(rollout_batch=B * self.world_size, minibatch_size=s.minibatch_size,
+                           world_size=self.world_size, micro_batch_size=s.micro_batch_size,
+                           grad_accum_steps=s.grad_accum_steps)
+        except ValueError as e:
+            raise ValueError(f"PPOLearner.train_step: this rank got B={B} samples; {e}") from None
         needed = ("old_logprobs", "advantages") + (("old_values", "returns") if self.critic_engine else ())
-        needed += ("ref_logprobs",) if self.kl_loss_coef else ()
+        needed += ("ref_logprobs",) if s.kl_loss_coef else ()
         for name in needed:
             if getattr(exp, name) is None or getattr(exp, name).shape != (B, T):
                 raise ValueError(
@@ -556,11 +578,11 @@ class PPOLearner:
                     f"{None if getattr(exp, name) is None else tuple(getattr(exp, name).shape)}, "
                     f"expected shape (B, T) = {(B, T)} like action_mask."
                 )
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.train_steps)
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + self.train_steps)
         micro_rows: list[dict[str, float]] = []
         step_rows: list[dict[str, float]] = []
         steps_before = self.policy_engine.global_steps
-        for _ in range(self.ppo_epochs):
+        for _ in range(s.ppo_epochs):
             perm = torch.randperm(B, generator=gen)
             for mb in micro_slices(B, self.minibatch_per_rank):
                 for micro in micro_slices(self.minibatch_per_rank, self.micro_batch_size):
@@ -577,6 +599,7 @@ class PPOLearner:
         return stats
 
     def _train_micro_batch(self, exp: Experience, idx: torch.Tensor, T: int):
+        s = self.settings
         seq = self._to_device(exp.sequences[idx].long())
         attn = self._to_device(exp.attention_mask[idx].long())
         mask = self._to_device(exp.action_mask[idx].float())
@@ -588,16 +611,16 @@ class PPOLearner:
             self._to_device(exp.old_logprobs[idx].float()),
             self._to_device(exp.advantages[idx].float()),
             mask,
-            clip=self.policy_clip,
-            dual_clip=self.dual_clip,
-            aggregation=self.loss_aggregation,
+            clip=s.policy_clip,
+            dual_clip=s.dual_clip,
+            aggregation=s.loss_aggregation,
             logits=resp_logits,
         )
         del resp_logits
-        if self.kl_loss_coef:  # ppo.kl_in: loss — the KL to the reference as a loss term (GRPO)
+        if s.kl_loss_coef:  # ppo.kl_in: loss — the KL to the reference as a loss term (GRPO)
             k_loss, k_stats = kl_loss(logprobs, self._to_device(exp.ref_logprobs[idx].float()), mask,
-                                      estimator=self.kl_loss_estimator, aggregation=self.loss_aggregation)
-            p_loss = p_loss + self.kl_loss_coef * k_loss
+                                      estimator=s.kl_loss_estimator, aggregation=s.loss_aggregation)
+            p_loss = p_loss + s.kl_loss_coef * k_loss
             p_stats = {**p_stats, **k_stats}
         self.policy_engine.backward(p_loss)
         p_norm = self._step(self.policy_engine, boundary)
@@ -605,13 +628,14 @@ class PPOLearner:
             return p_stats, ({"grad_norm": p_norm} if boundary else None)
 
         values = self._critic_values(seq, attn, T)
-        v_loss, v_stats = ppo_value_loss(
+        v_loss, v_stats = critic_loss(
             values,
             self._to_device(exp.old_values[idx].float()),
             self._to_device(exp.returns[idx].float()),
             mask,
-            clip=self.value_clip,
-            aggregation=self.loss_aggregation,
+            value_clip=s.value_clip,
+            value_loss_coef=s.value_loss_coef,
+            aggregation=s.loss_aggregation,
         )
         self.critic_engine.backward(v_loss)
         c_norm = self._step(self.critic_engine, boundary)
@@ -622,7 +646,8 @@ class PPOLearner:
         """engine.step(); at an accumulation boundary return the pre-clipping grad norm."""
         # ZeRO / bf16 optimizers record the global norm; stage 0 fp32 clips without
         # keeping it, so measure it here (gradients are already all-reduced at the boundary).
-        own = _grad_norm(engine.module.parameters()) if boundary and self.zero_stage == 0 and not self.bf16 else None
+        measure = boundary and self.zero_stage == 0 and not self.settings.bf16
+        own = _grad_norm(engine.module.parameters()) if measure else None
         engine.step()
         if not boundary:
             return math.nan
@@ -674,7 +699,7 @@ class PPOLearner:
 
     def _policy_hf_state_dict(self) -> dict[str, torch.Tensor]:
         sd = self._full_state_dict(self.policy_engine)
-        if self.lora:
+        if self.settings.lora:
             sd = merge_lora_state_dict(sd, self._lora_scalings)
         return sd
 
@@ -720,7 +745,7 @@ class PPOLearner:
                 self.critic_engine.module.save_pretrained(out / CRITIC_DIR, state_dict=critic_sd)
             (out / LEARNER_STATE_FILE).write_text(
                 json.dumps({"train_steps": self.train_steps, "world_size": self.world_size,
-                            "zero_stage": self.zero_stage, "lora": self.lora,
+                            "zero_stage": self.zero_stage, "lora": self._lora_record(),
                             "critic": self.critic_engine is not None}, indent=2)
             )
         del policy_sd, critic_sd
@@ -743,7 +768,7 @@ class PPOLearner:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(self.policy_config)
         model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
-        _copy_tokenizer(self.policy_path, out)
+        _copy_tokenizer(self.settings.policy_path, out)
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
         """Restore both engines (weights + optimizer states) from `save_checkpoint`'s folder.
@@ -759,11 +784,12 @@ class PPOLearner:
             )
         meta = json.loads(meta_file.read_text())
         saved = (meta["world_size"], meta["zero_stage"], bool(meta.get("lora")), meta.get("critic", True))
-        if saved != (self.world_size, self.zero_stage, bool(self.lora), self.critic_engine is not None):
+        lora = self.settings.lora is not None
+        if saved != (self.world_size, self.zero_stage, lora, self.critic_engine is not None):
             raise ValueError(
                 f"PPOLearner.load_checkpoint: {d} was saved with world_size={saved[0]}, zero_stage={saved[1]}, "
                 f"lora={saved[2]}, critic={saved[3]}; this learner has world_size={self.world_size}, "
-                f"zero_stage={self.zero_stage}, lora={bool(self.lora)}, critic={self.critic_engine is not None} "
+                f"zero_stage={self.zero_stage}, lora={lora}, critic={self.critic_engine is not None} "
                 f"(the critic follows ppo.advantage_estimator). Restart with the saved settings, or start a "
                 f"new run from the HF folder {d / POLICY_DIR}."
             )
@@ -783,6 +809,12 @@ class PPOLearner:
             restore_rng_state(client["rng"])
         for engine in self.engines:
             engine.eval()
+
+    def _lora_record(self) -> dict | None:
+        """The LoRA settings as learner_state.json records them (None: full fine-tuning)."""
+        lora = self.settings.lora
+        return None if lora is None else {"enabled": True, **dataclasses.asdict(lora),
+                                          "target_modules": list(lora.target_modules)}
 
     def _engines_by_dir(self) -> list[tuple[Any, str]]:
         return [(self.policy_engine, POLICY_DIR)] + ([(self.critic_engine, CRITIC_DIR)] if self.critic_engine else [])

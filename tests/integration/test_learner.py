@@ -29,7 +29,7 @@ from fgrlhf_ray.actors.learner import LearnerGroup  # noqa: E402
 from fgrlhf_ray.actors.reference import ReferenceActor  # noqa: E402
 from fgrlhf_ray.algo.experience import pad_rollout  # noqa: E402
 from fgrlhf_ray.workers.critic import CriticModel, gather_values  # noqa: E402
-from fgrlhf_ray.workers.learner import causal_lm_response_logprobs  # noqa: E402
+from fgrlhf_ray.workers.learner import LearnerSettings, LoRASettings, causal_lm_response_logprobs  # noqa: E402
 from fgrlhf_ray.types import Experience, RolloutBatch  # noqa: E402
 
 B = 8  # rollout batch
@@ -62,11 +62,11 @@ def make_experience(rollout: RolloutBatch, old_logprobs, old_values, *, seed: in
                       rewards=adv.clone(), advantages=adv, returns=returns)
 
 
-def learner_kwargs(policy_path, **overrides) -> dict:
+def learner_settings(policy_path, **overrides) -> LearnerSettings:
     kw = dict(policy_path=str(policy_path), zero_stage=0, micro_batch_size=2, minibatch_size=4, ppo_epochs=2,
               lr=1e-3, critic_lr=1e-3, seed=0)
     kw.update(overrides)
-    return kw
+    return LearnerSettings(**kw)
 
 
 def vocab_of(path) -> int:
@@ -110,7 +110,7 @@ def test_zero0_logprobs_match_transformers_and_train_step_moves_weights(tiny_lla
     rollout_ref = ray.put(rollout)
     reference = ReferenceActor.options(num_cpus=1).remote(model_path=str(tiny_llama_dir), num_threads=1)
     ref_lp_ref = reference.logprobs.remote(rollout_ref)  # starts alongside the learner
-    group = group_factory(world_size=1, learner_kwargs=learner_kwargs(tiny_llama_dir, zero_stage=0))
+    group = group_factory(world_size=1, settings=learner_settings(tiny_llama_dir, zero_stage=0))
 
     old_lp, old_v = ray.get(group.logprobs_and_values(rollout_ref))
     pr = pad_rollout(rollout, pad_token_id=PAD)
@@ -152,7 +152,7 @@ def test_zero0_logprobs_match_transformers_and_train_step_moves_weights(tiny_lla
 
 def test_two_zero2_ranks_hold_identical_parameters_after_two_steps(tiny_llama_dir, group_factory):
     rollout = make_rollout(vocab_of(tiny_llama_dir), seed=1)
-    group = group_factory(world_size=2, learner_kwargs=learner_kwargs(tiny_llama_dir, zero_stage=2))
+    group = group_factory(world_size=2, settings=learner_settings(tiny_llama_dir, zero_stage=2))
     initial = ray.get(group.param_fingerprints())
     assert initial[0] == initial[1]
     for step in range(2):
@@ -170,7 +170,7 @@ def test_two_zero2_ranks_hold_identical_parameters_after_two_steps(tiny_llama_di
 
 def test_zero3_gathers_full_hf_weights(tiny_llama_dir, group_factory):
     rollout = make_rollout(vocab_of(tiny_llama_dir), seed=2)
-    group = group_factory(world_size=2, learner_kwargs=learner_kwargs(tiny_llama_dir, zero_stage=3))
+    group = group_factory(world_size=2, settings=learner_settings(tiny_llama_dir, zero_stage=3))
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
     hf_sd = hf.state_dict()
 
@@ -235,14 +235,14 @@ class BroadcastReceiver:
 def test_checkpoint_roundtrip_restores_weights_and_optimizer(tiny_llama_dir, group_factory, tmp_path):
     rollout = make_rollout(vocab_of(tiny_llama_dir), seed=3)
     rollout_ref = ray.put(rollout)
-    kwargs = learner_kwargs(tiny_llama_dir, zero_stage=2)
-    first = group_factory(world_size=1, learner_kwargs=kwargs)
+    settings = learner_settings(tiny_llama_dir, zero_stage=2)
+    first = group_factory(world_size=1, settings=settings)
     old_lp, old_v = ray.get(first.logprobs_and_values(rollout_ref))
     ray.get(first.train(ray.put(make_experience(rollout, old_lp, old_v))))
     saved_lp, saved_v = ray.get(first.logprobs_and_values(rollout_ref))
     ray.get(first.save_checkpoint(str(tmp_path / "ckpt")))
 
-    second = group_factory(world_size=1, learner_kwargs=kwargs)  # fresh: starts from the SFT weights
+    second = group_factory(world_size=1, settings=settings)  # fresh: starts from the SFT weights
     ray.get(second.load_checkpoint(str(tmp_path / "ckpt")))
     loaded_lp, loaded_v = ray.get(second.logprobs_and_values(rollout_ref))
     assert torch.equal(loaded_lp, saved_lp)
@@ -270,8 +270,8 @@ def test_checkpoint_roundtrip_restores_weights_and_optimizer(tiny_llama_dir, gro
 def test_lora_zero3_syncs_merged_weights(tiny_llama_dir, group_factory):
     """LoRA adapters train, and the synced state dict is the merged plain HF model."""
     rollout = make_rollout(vocab_of(tiny_llama_dir), seed=4)
-    lora = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
-    group = group_factory(world_size=1, learner_kwargs=learner_kwargs(tiny_llama_dir, zero_stage=3, lora=lora))
+    lora = LoRASettings(r=4, alpha=8.0, target_modules=("q_proj", "v_proj"))
+    group = group_factory(world_size=1, settings=learner_settings(tiny_llama_dir, zero_stage=3, lora=lora))
     before = ray.get(group.state_dict_for_sync())
     old_lp, old_v = ray.get(group.logprobs_and_values(ray.put(rollout)))
     ray.get(group.train(ray.put(make_experience(rollout, old_lp, old_v))))

@@ -1,5 +1,5 @@
-"""Batch arithmetic: one pure rule (`batch_geometry`) checked by the config before Ray starts;
-`fgrlhf config validate` reports it with exit 2."""
+"""Batch arithmetic: one pure rule (`batch_geometry`) checked by the config before Ray starts and
+by the learner as a guard; `fgrlhf config validate` reports it with exit 2."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fgrlhf_ray.config import DEFAULT_MAX_MICRO_BATCH, RunConfig, batch_geometry
+from fgrlhf_ray.types import Experience
+from fgrlhf_ray.workers.learner import LearnerSettings, PPOLearner
 
 REPO = Path(__file__).resolve().parents[2]
 ONE_RM = {"reward_models": [{"name": "h", "kind": "sequence_preference", "path": "x", "density": "sequence"}]}
@@ -77,6 +80,24 @@ def test_micro_batch_is_derived_when_unset():
     assert config(2, 1, 2).batch_geometry().micro_batch_size == 2
     assert config(6, 1, 6).batch_geometry().micro_batch_size == 3
     assert config(16, 1, 8, micro_batch_size=8).batch_geometry().grad_accum_steps == 1
+
+
+def test_learner_guard_is_the_config_rule():
+    """PPOLearner.train_step refuses a batch with the same message the config validator gives."""
+    learner = PPOLearner.__new__(PPOLearner)  # no engines: the guard runs before any of them
+    learner.settings = LearnerSettings(policy_path="unused", minibatch_size=4, micro_batch_size=None)
+    learner.world_size = 1
+    learner.geometry = batch_geometry(rollout_batch=None, minibatch_size=4, world_size=1, micro_batch_size=None)
+    zeros = torch.zeros(6, 3)
+    exp = Experience(sequences=torch.zeros(6, 5, dtype=torch.long), attention_mask=torch.ones(6, 5, dtype=torch.long),
+                     action_mask=torch.ones(6, 3), old_logprobs=zeros, ref_logprobs=zeros, old_values=zeros,
+                     rewards=zeros, advantages=zeros, returns=zeros)
+    with pytest.raises(ValueError) as from_config:
+        config(6, 1, 4)
+    with pytest.raises(ValueError) as from_learner:
+        learner.train_step(exp)
+    rule = str(from_learner.value).split("; ", 1)[1]
+    assert rule in str(from_config.value)
 
 
 def test_validate_cli_exits_2_before_ray_with_the_batch_message(tmp_path):

@@ -1,4 +1,4 @@
-"""The trainer's pure helpers: config → learner kwargs, cluster sizing, checkpoint compatibility."""
+"""The trainer's pure helpers: config → learner settings, cluster sizing, checkpoint compatibility."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fgrlhf_ray.config import RunConfig
 from fgrlhf_ray.config import load_config
 from fgrlhf_ray.errors import ConfigError, FgrlhfError
 from fgrlhf_ray.launch.placement import required_cpus
-from fgrlhf_ray.launch.trainer import Trainer, _incompatible, learner_kwargs
+from fgrlhf_ray.launch.trainer import Trainer, _incompatible, learner_settings
 
 RMS = [
     {"name": "grounded", "kind": "function", "density": "sentence",
@@ -22,15 +22,15 @@ def make_config(**overrides) -> RunConfig:
     return RunConfig.model_validate({"reward_models": RMS, **overrides})
 
 
-def test_learner_kwargs_follow_the_config():
+def test_learner_settings_follow_the_config():
     config = make_config(ppo={"lr": 3e-5, "minibatch_size": 8, "ppo_epochs": 2, "dual_clip": 3.0},
                          learner={"zero_stage": 2, "micro_batch_size": 2, "lora": {"enabled": True, "r": 4}})
-    kw = learner_kwargs(config, pad_token_id=7)
-    assert kw["lr"] == 3e-5 and kw["zero_stage"] == 2 and kw["micro_batch_size"] == 2
-    assert kw["minibatch_size"] == 8 and kw["ppo_epochs"] == 2 and kw["dual_clip"] == 3.0
-    assert kw["grad_accum_steps"] is None  # derived by the learner from minibatch / (world × micro)
-    assert kw["lora"]["r"] == 4 and kw["pad_token_id"] == 7 and kw["seed"] == config.seed
-    assert learner_kwargs(make_config(), pad_token_id=0)["lora"] is None
+    kw = learner_settings(config, pad_token_id=7)
+    assert kw.lr == 3e-5 and kw.zero_stage == 2 and kw.micro_batch_size == 2
+    assert kw.minibatch_size == 8 and kw.ppo_epochs == 2 and kw.dual_clip == 3.0
+    assert kw.grad_accum_steps is None  # derived by the learner from minibatch / (world × micro)
+    assert kw.lora.r == 4 and kw.pad_token_id == 7 and kw.seed == config.seed
+    assert learner_settings(make_config(), pad_token_id=0).lora is None
 
 
 def test_shared_critic_backbone_is_refused_with_the_field_name(tmp_path):
