@@ -338,6 +338,16 @@ class CriticConfig(StrictModel):
     """Backbone of the critic (its own copy, trained by its own optimiser); null = start from the
     policy's weights."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_removed_default(cls, data: Any) -> Any:
+        # Runs saved before `shared_backbone` was removed wrote `shared_backbone: false` into their
+        # config.yaml: that is today's behaviour, so such files still load. `true` was never
+        # supported and stays an error (REMOVED_FIELDS says why).
+        if isinstance(data, dict) and data.get("shared_backbone") is False:
+            data = {k: v for k, v in data.items() if k != "shared_backbone"}
+        return data
+
 
 class LearnerConfig(StrictModel):
     world_size: int = Field(1, ge=1)

@@ -118,7 +118,17 @@ def test_removed_shared_backbone_is_an_unknown_field_with_the_reason(tmp_path):
     from fgrlhf_ray.errors import ConfigError
 
     path = tmp_path / "c.yaml"
-    path.write_text("learner: {critic: {shared_backbone: false}}\n"
+    path.write_text("learner: {critic: {shared_backbone: true}}\n"
                     "reward_models: [{name: r, kind: token_level, path: p, density: token}]\n")
     with pytest.raises(ConfigError, match=r"line 1: learner.critic.shared_backbone: unknown field \(removed: "):
         load_config(path)
+
+
+def test_config_files_saved_with_the_removed_fields_default_still_load(tmp_path):
+    """Runs saved before the removal wrote `shared_backbone: false` (today's behaviour) into config.yaml."""
+    from fgrlhf_ray.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("learner: {critic: {shared_backbone: false, model_path: null}}\n"
+                    "reward_models: [{name: r, kind: token_level, path: p, density: token}]\n")
+    assert load_config(path).learner.critic.model_path is None
