@@ -48,6 +48,7 @@ reference policy (`fgrlhf_ray.workers.reference`) reuses them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -63,7 +64,7 @@ import torch
 
 from fgrlhf_ray.algo.experience import gather_response_logprobs, pad_rollout, position_ids_from_attention_mask
 from fgrlhf_ray.algo.kl import kl_loss
-from fgrlhf_ray.algo.losses import ppo_policy_loss, ppo_value_loss
+from fgrlhf_ray.algo.losses import logprobs_from_logits, ppo_policy_loss, ppo_value_loss
 from fgrlhf_ray.config import batch_geometry
 from fgrlhf_ray.workers.critic import CriticModel, gather_values
 from fgrlhf_ray.types import Experience, RolloutBatch
@@ -139,13 +140,35 @@ def causal_lm_response_logprobs(
     positions (for the entropy statistic), else None.
     """
     position_ids = position_ids_from_attention_mask(attention_mask)
-    logits = model(
-        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).logits  # (B, P+T, V)
     prompt_len = sequences.shape[1] - num_actions
-    logprobs = gather_response_logprobs(logits, sequences, prompt_len)
-    resp_logits = logits[:, prompt_len - 1 : -1] if return_logits else None
-    return logprobs, resp_logits
+    if accepts_logits_to_keep(model):
+        # Only the T+1 last positions' logits (P−1 … P+T−1): the vocabulary projection and its
+        # backward skip the prompt, which is most of every sequence here (about a fifth of the
+        # learn phase's time on the demo policy; benchmarks/README.md "learn phase").
+        logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False, logits_to_keep=num_actions + 1).logits  # (B, T+1, V)
+        resp_logits = logits[:, :num_actions]  # (B, T, V): position P−1+t predicts response token t
+        logprobs = logprobs_from_logits(resp_logits, sequences[:, prompt_len:])
+    else:
+        logits = model(
+            input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits  # (B, P+T, V)
+        logprobs = gather_response_logprobs(logits, sequences, prompt_len)
+        resp_logits = logits[:, prompt_len - 1 : -1]
+    return logprobs, (resp_logits if return_logits else None)
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM under `model` (a DeepSpeed engine, a PEFT wrapper or the HF
+    model itself) takes `logits_to_keep` (HF's LMs do since transformers 4.50)."""
+    while True:
+        inner = getattr(model, "module", None)  # DeepSpeedEngine
+        if inner is None and hasattr(model, "get_base_model"):  # peft.PeftModel
+            inner = model.get_base_model()
+        if inner is None or inner is model:
+            break
+        model = inner
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def micro_slices(n: int, size: int) -> list[slice]:

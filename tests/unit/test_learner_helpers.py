@@ -59,6 +59,38 @@ def test_causal_lm_response_logprobs_equals_a_per_sample_loop():
             torch.testing.assert_close(got[i, : len(r)], want, atol=1e-5, rtol=1e-5)
 
 
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward has no `logits_to_keep` (the full-logits path)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+
+
+def test_response_logprobs_and_logits_are_the_same_with_and_without_logits_to_keep():
+    """HF LMs compute only the response positions' logits; other models all of them: same numbers."""
+    from peft import LoraConfig, get_peft_model
+
+    from fgrlhf_ray.workers.learner import accepts_logits_to_keep
+
+    model = _tiny_lm()
+    pr = pad_rollout(_rollout(B=4), pad_token_id=0)
+    full = _NoLogitsToKeep(model)
+    peft_model = get_peft_model(_tiny_lm(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert accepts_logits_to_keep(model) and accepts_logits_to_keep(peft_model) and not accepts_logits_to_keep(full)
+    with torch.no_grad():
+        lp, logits = causal_lm_response_logprobs(model, pr.sequences, pr.attention_mask, pr.response_len,
+                                                 return_logits=True)
+        lp_full, logits_full = causal_lm_response_logprobs(full, pr.sequences, pr.attention_mask, pr.response_len,
+                                                           return_logits=True)
+    assert logits.shape == (4, pr.response_len, 50)
+    torch.testing.assert_close(lp, lp_full)
+    torch.testing.assert_close(logits, logits_full)
+
+
 def _experience(B: int = 4) -> Experience:
     pr = pad_rollout(_rollout(B), pad_token_id=0)
     T = pr.response_len
