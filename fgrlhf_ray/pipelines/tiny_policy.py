@@ -157,14 +157,3 @@ def save_policy(model, tokenizer, out_dir: str | Path, *, extra: dict | None = N
     if extra is not None:
         (out / "fgrlhf_policy.json").write_text(json.dumps(extra, indent=2, default=str))
     return out
-
-
-def build_policy_from_texts(
-    out_dir: str | Path, texts: Iterable[str], *, config: TinyPolicyConfig | None = None, seed: int = 0
-) -> Path:
-    """Train the tokenizer on `texts`, build the model, save both to `out_dir`."""
-    config = config or TinyPolicyConfig()
-    tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size,
-                                model_max_length=config.max_position_embeddings)
-    model = build_tiny_policy(tokenizer=tokenizer, config=config, seed=seed)
-    return save_policy(model, tokenizer, out_dir, extra={"config": config.model_dump(), "seed": seed})

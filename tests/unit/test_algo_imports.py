@@ -12,7 +12,7 @@ def test_algo_and_segments_import_no_heavy_frameworks():
     code = (
         "import sys\n"
         "import fgrlhf_ray.algo, fgrlhf_ray.data.segments\n"
-        "from fgrlhf_ray.algo import rewards, kl, advantages, losses, experience\n"
+        "from fgrlhf_ray.algo import rewards, kl, advantages, losses, experience, estimators, weighting\n"
         "fgrlhf_ray.data.segments.split_sub_sentences('One two three four five, six seven eight nine ten.')\n"
         f"heavy = {HEAVY!r}\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
