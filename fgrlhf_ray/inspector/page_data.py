@@ -305,38 +305,15 @@ def build_page_data(
     label_sources: list[str] = []
     responses = []
     for i, item in enumerate(items):
-        where = f"{item.source or f'item {i}'}: "
         if item.prompt not in groups:
             groups[item.prompt] = len(group_list)
             group_list.append({"prompt": item.prompt, "responses": []})
-        gid = groups[item.prompt]
-        group_list[gid]["responses"].append(i)
+        group_list[groups[item.prompt]]["responses"].append(i)
         if item.policy not in policies:
             policies.append(item.policy)
-        marks, stats = {}, {}
-        for name, per_item in verdicts.items():
-            marks[name] = lane_marks(item.response, per_item[i], by_name[name], where=where + f"model {name!r}: ")
-            stats[name] = lane_stats(marks[name])
-        labels = {}
-        for source, feedback in (item.labels or {}).items():
-            if source not in label_sources:
-                label_sources.append(source)
-            labels[source] = label_marks(item.response, feedback, where=where + f"{source} labels: ")
-            stats[source] = label_stats(labels[source], feedback)
-        metrics = {"total": round(sum(stats[n]["weighted"] for n in verdicts), 6), "words": len(item.response.split()),
-                   "chars": len(item.response), "tokens": len(offsets[i])}
-        missing = {}
-        for source, feedback in (item.labels or {}).items():
-            info = feedback.get("missing-info") or []
-            if isinstance(info, list) and info:
-                missing[source] = [str(m.get("error type", "missing")) if isinstance(m, Mapping) else str(m)
-                                   for m in info]
-        responses.append({
-            "id": i, "group": gid, "policy": item.policy, "sample": item.sample, "source": item.source,
-            "text": item.response, "marks": marks, "labels": labels, "missing": missing, "stats": stats,
-            "metrics": metrics,
-            "strip": strips[i] if strips is not None else None,
-        })
+        label_sources.extend(s for s in (item.labels or {}) if s not in label_sources)
+        responses.append(_response_entry(i, item, groups[item.prompt], verdicts, by_name, offsets[i],
+                                         strips[i] if strips is not None else None))
     return {
         "format": FORMAT,
         "mode": "file",
@@ -350,6 +327,30 @@ def build_page_data(
         "token_source": token_source,
         "notes": list(notes),
     }
+
+
+def _response_entry(i: int, item: Item, group: int, verdicts: Mapping[str, Sequence[Any]],
+                    by_name: Mapping[str, ModelInfo], offsets: Sequence[tuple[int, int]], strip: list | None) -> dict:
+    """One entry of the document's `responses`: every model's and label source's marks on
+    `items[i]`, their stats, the response metrics the filters read, its missing facts."""
+    where = f"{item.source or f'item {i}'}: "
+    marks, stats = {}, {}
+    for name, per_item in verdicts.items():
+        marks[name] = lane_marks(item.response, per_item[i], by_name[name], where=where + f"model {name!r}: ")
+        stats[name] = lane_stats(marks[name])
+    labels, missing = {}, {}
+    for source, feedback in (item.labels or {}).items():
+        labels[source] = label_marks(item.response, feedback, where=where + f"{source} labels: ")
+        stats[source] = label_stats(labels[source], feedback)
+        info = feedback.get("missing-info") or []
+        if isinstance(info, list) and info:
+            missing[source] = [str(m.get("error type", "missing")) if isinstance(m, Mapping) else str(m)
+                               for m in info]
+    metrics = {"total": round(sum(stats[n]["weighted"] for n in verdicts), 6), "words": len(item.response.split()),
+               "chars": len(item.response), "tokens": len(offsets)}
+    return {"id": i, "group": group, "policy": item.policy, "sample": item.sample, "source": item.source,
+            "text": item.response, "marks": marks, "labels": labels, "missing": missing, "stats": stats,
+            "metrics": metrics, "strip": strip}
 
 
 # ---------------------------------------------------------------------- escaping
