@@ -592,8 +592,9 @@ def stage_inspect(out: Path, *, data_dir: Path, evaluate_dir: Path, rms: dict, p
     function scorers; the holistic RM is left out (one score per answer: nothing spatial)."""
     from fgrlhf_ray.inspector import write_demo_inspection
 
-    answers = json.loads((evaluate_dir / ANSWERS_FILE).read_text())
-    records = json.loads((data_dir / "test.json").read_text())[:INSPECT_QUESTIONS]
+    answers = json.loads((evaluate_dir / ANSWERS_FILE).read_text())  # policy → answers to test.json's first k
+    n = min(INSPECT_QUESTIONS, *(len(a) for a in answers.values()))
+    records = json.loads((data_dir / "test.json").read_text())[:n]
     arm = "learned" if rms else "oracle"
     path = write_demo_inspection(
         out / "inspect.html", records, {p: a[: len(records)] for p, a in answers.items()},
