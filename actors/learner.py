@@ -30,7 +30,8 @@ import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fgrlhf_ray.actors.group import ActorGroup, first, join
-from fgrlhf_ray.workers.learner import ForwardBatch, LearnerSettings, as_forward_batch, free_port, mean_stats
+from fgrlhf_ray.infra.ports import free_port
+from fgrlhf_ray.workers.learner import ForwardBatch, LearnerSettings, as_forward_batch, mean_stats
 from fgrlhf_ray.types import Experience, RolloutBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

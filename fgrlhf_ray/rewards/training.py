@@ -38,6 +38,7 @@ from fgrlhf_ray.data.rm_data import (
     split_groups,
 )
 from fgrlhf_ray.errors import ConfigError, DataError
+from fgrlhf_ray.infra.ports import free_port
 from fgrlhf_ray.rewards.base import METADATA_FILE, TASKS, RMMetadata
 from fgrlhf_ray.rewards.hf_model import HFRewardModel
 from fgrlhf_ray.rewards.evaluation import best_threshold, evaluate, segment_predictions
@@ -554,14 +555,6 @@ def _copy_model_files(src: Path, dest: Path) -> None:
             shutil.copytree(item, dest / item.name, dirs_exist_ok=True)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run_ray_train(cfg: RewardModelTrainConfig, splits: dict, output_dir: Path) -> tuple[Path, dict, list[dict]]:
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -577,7 +570,7 @@ def _run_ray_train(cfg: RewardModelTrainConfig, splits: dict, output_dir: Path) 
             # is alive, finding the API server by auto-detection. With several local Ray
             # clusters on one machine it can ask the wrong one, hear "no such actor" and
             # remove our placement group mid-training. Point it at our own dashboard.
-            port = _free_port()
+            port = free_port()
             ray.init(num_cpus=max(cfg.num_workers * cfg.cpus_per_worker, os.cpu_count() or 1),
                      include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                      runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},

@@ -52,7 +52,6 @@ import inspect
 import json
 import math
 import os
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -66,6 +65,7 @@ from fgrlhf_ray.algo.experience import gather_response_logprobs, pad_rollout, po
 from fgrlhf_ray.algo.kl import kl_loss
 from fgrlhf_ray.algo.losses import logprobs_from_logits, ppo_policy_loss, ppo_value_loss
 from fgrlhf_ray.config import batch_geometry
+from fgrlhf_ray.infra.ports import free_port
 from fgrlhf_ray.workers.critic import CriticModel, gather_values
 from fgrlhf_ray.types import Experience, RolloutBatch
 
@@ -259,13 +259,6 @@ def _setup_deepspeed_env() -> None:
                 f"{get_accelerator().device_name()!r} accelerator. Set DS_ACCELERATOR=cpu in the environment "
                 "of the process (for Ray actors: runtime_env env_vars) before anything imports deepspeed."
             )
-
-
-def free_port(host: str = "") -> int:
-    """A TCP port that was free on this host a moment ago (for MASTER_PORT)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _init_distributed() -> None:

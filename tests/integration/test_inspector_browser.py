@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import yaml
 from fgrlhf_ray.cli import main as cli_main
 from fgrlhf_ray.inspector.page_data import filter_page
 from fgrlhf_ray.inspector.render import read_page_data
+from fgrlhf_ray.infra.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -318,11 +318,6 @@ RESPONSES = [
     EVIL + UNICODE_TAIL,
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

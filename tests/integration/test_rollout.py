@@ -23,6 +23,7 @@ vllm = pytest.importorskip("vllm")
 ray = pytest.importorskip("ray")
 
 from fgrlhf_ray.actors.rollout import RolloutGroup  # noqa: E402
+from fgrlhf_ray.infra.ports import free_port  # noqa: E402
 from fgrlhf_ray.weight_sync import (  # noqa: E402
     NcclWeightBroadcaster,
     ProbeGapError,
@@ -211,11 +212,6 @@ def test_object_store_sync_matches_transformers(engines, tiny_llama_dir):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_bucketed_broadcast_sync_over_gloo(engines, tiny_llama_dir):
     """The "nccl" transport end to end with backend="gloo": the test process is learner
@@ -226,7 +222,7 @@ def test_bucketed_broadcast_sync_over_gloo(engines, tiny_llama_dir):
     p_ids, r_ids = _probe_sequence(group)
     learner = hf_logprobs(model, p_ids, r_ids)
 
-    port = _free_port()
+    port = free_port()
     sender = NcclWeightBroadcaster(
         host="127.0.0.1",
         port=port,

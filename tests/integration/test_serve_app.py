@@ -11,7 +11,6 @@ with zero errors; `ServeHandleScorer` and `HttpScorer` equal in-process scores.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from fgrlhf_ray.rewards.http_scorer import HttpScorer, HttpScorerError
 from fgrlhf_ray.rewards import FunctionScorer, load_reward_model
 from fgrlhf_ray.serve import testing as faults
 from fgrlhf_ray.rewards.serve_handle_scorer import ServeHandleScorer
+from fgrlhf_ray.infra.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +59,6 @@ RESPONSES = [
     "Short.",
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import random
-import socket
 import threading
 import time
 
 import pytest
 import torch
 
+from fgrlhf_ray.infra.ports import free_port
 from fgrlhf_ray.weight_sync import (
     EMBED_KEY,
     LM_HEAD_KEY,
@@ -160,16 +160,10 @@ def test_pack_unpack_mixed_dtypes_round_trip():
     assert TensorMeta.from_wire(metas[1].as_wire()) == metas[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("tied", [False, True])
 def test_gloo_bucketed_broadcast_delivers_state_dict(tied):
     """The NCCL code path with the gloo backend: learner rank 0 + one receiver rank."""
-    port = _free_port()
+    port = free_port()
     sd = _state_dict(tied)
     sender = NcclWeightBroadcaster(
         host="127.0.0.1",
@@ -210,7 +204,7 @@ def test_gloo_bucketed_broadcast_delivers_state_dict(tied):
 
 
 def test_broadcast_receive_times_out_instead_of_hanging():
-    port = _free_port()
+    port = free_port()
     groups = {}
 
     def join(rank):
