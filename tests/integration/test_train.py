@@ -28,7 +28,9 @@ QUESTIONS = [
 ]
 
 
-def write_config(tmp_path: Path, policy: Path, total_steps: int) -> Path:
+def write_config(tmp_path: Path, policy: Path, total_steps: int, overrides: dict | None = None) -> Path:
+    """The tiny training run of these tests as `train.yaml` in `tmp_path`; `overrides` are merged
+    section by section (a list, e.g. `reward_models`, replaces the default one)."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"text": q}) + "\n" for q in QUESTIONS))
     config = {
@@ -50,8 +52,15 @@ def write_config(tmp_path: Path, policy: Path, total_steps: int) -> Path:
         "checkpoint": {"every": 1, "keep_last": 2},
     }
     path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(_merged(config, overrides or {})))
     return path
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 def fgrlhf(*args: str, cwd: Path) -> subprocess.CompletedProcess:

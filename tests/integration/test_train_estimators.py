@@ -19,39 +19,28 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from test_train import QUESTIONS, fgrlhf, read_metrics
+from test_train import write_config as write_train_config
 
 from fgrlhf_ray.data.prompts import PromptSampler
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
-def write_config(tmp_path: Path, policy: Path, *, total_steps: int, estimator: str, n: int, **ppo) -> Path:
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"text": q}) + "\n" for q in QUESTIONS))
-    config = {
-        "seed": 3,
-        "policy": {"model_path": str(policy)},
-        "rollout": {"num_engines": 1, "max_model_len": 256, "kv_cache_space_gib": 1,
-                    "async_steps": ppo.pop("async_steps", 0),
-                    "sampling": {"max_new_tokens": 12, "n_samples_per_prompt": n, "temperature": 1.0}},
+def write_config(tmp_path: Path, policy: Path, *, total_steps: int, estimator: str, n: int, async_steps: int = 0,
+                 **ppo) -> Path:
+    """test_train's run with `estimator`, n samples per prompt, a scorer that records each step's prompts."""
+    return write_train_config(tmp_path, policy, total_steps, overrides={
+        "rollout": {"async_steps": async_steps, "sampling": {"n_samples_per_prompt": n}},
         "reward_models": [
             {"name": "grounded", "kind": "function", "density": "sentence", "weight": 0.5,
              "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_cpus": 0.5},
             {"name": "brevity", "kind": "function", "density": "sequence", "weight": 0.3,
              "target": "fgrlhf_ray.testing:recording_brevity", "num_cpus": 0.5},
         ],
-        "ppo": {"total_steps": total_steps, "prompts_per_step": 2, "ppo_epochs": 1, "minibatch_size": 2 * n,
-                "lr": 1e-4, "advantage_estimator": estimator, **ppo},
-        "learner": {"micro_batch_size": 2, "zero_stage": 2},
-        "data": {"train_file": str(prompts), "format": "jsonl", "max_prompt_tokens": 64},
-        "logging": {"dir": str(tmp_path / "run"), "tensorboard": False},
-        "checkpoint": {"every": 1, "keep_last": 3},
-    }
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+        "ppo": {"minibatch_size": 2 * n, "advantage_estimator": estimator, **ppo},
+        "checkpoint": {"keep_last": 3},
+    })
 
 
 def assert_no_critic(run_dir: Path, rows: list[dict]) -> None:
