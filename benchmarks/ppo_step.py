@@ -54,9 +54,12 @@ def prepare(work: Path, *, n_questions: int, sft_steps: int, rm_steps: int, seed
     data_dir = stages.dir("data")
     _, sft = stages.run("sft", {"steps": sft_steps, "seed": seed},
                         lambda d: stage_sft(d, data_dir=data_dir, steps=sft_steps, seed=seed, num_threads=threads))
-    _, rms = stages.run("rm", {"steps": rm_steps, "seed": seed},
-                        lambda d: stage_reward_models(d, data_dir=data_dir, budget=budget, seed=seed,
-                                                      num_threads=threads))
+    # RMs of the demo's kinds and settings (MiniLM-3, segment features, factuality without passages)
+    # trained briefly on the world's perturbation feedback: their quality does not change the timing.
+    _, rms = stages.run("rm", {"steps": rm_steps, "seed": seed, "version": 2},
+                        lambda d: stage_reward_models(d, train_path=str(data_dir / "train_feedback.json"),
+                                                      dev_path=str(data_dir / "dev_feedback.json"), budget=budget,
+                                                      seed=seed, num_threads=threads))
     return data_dir, sft["policy"], rms
 
 
