@@ -171,6 +171,29 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def trim_padding(attention_mask: torch.Tensor, num_actions: int) -> tuple[slice, int]:
+    """The columns of a micro-batch worth computing: (column slice, T' response columns kept).
+
+    attention_mask: (b, P+T) of a `pad_rollout` layout (prompts left-padded, responses right-
+    padded). Left columns that are padding in every row and right columns past every row's
+    last response token change no real token's log-prob or value (they are masked, and
+    positions come from the mask), so the forward and backward passes skip them. On the demo's
+    batch a quarter of the tokens are such padding. T' ≥ 1; column P−1 (it predicts the first
+    response token) is always kept.
+    """
+    S = attention_mask.shape[1]
+    P = S - num_actions
+    used = attention_mask.bool().any(0).nonzero().flatten()  # (k,) columns with a real token
+    first = min(int(used[0]), P - 1) if len(used) else P - 1
+    last = max(int(used[-1]), P) if len(used) else P
+    return slice(first, last + 1), last + 1 - P
+
+
+def _pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(b, T') → (b, width) with zeros on the right (the response padding `trim_padding` cut)."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
 def micro_slices(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -533,11 +556,12 @@ class PPOLearner:
         T = fb.action_mask.shape[1]
         out_lp, out_v = [], []
         for sl in micro_slices(len(fb), self.micro_batch_size):
-            seq, attn = self._to_device(fb.sequences[sl]), self._to_device(fb.attention_mask[sl])
-            lp, _ = self._policy_logprobs(seq, attn, T)
-            out_lp.append(lp.float().cpu())
+            cols, t = trim_padding(fb.attention_mask[sl], T)
+            seq, attn = self._to_device(fb.sequences[sl, cols]), self._to_device(fb.attention_mask[sl, cols])
+            lp, _ = self._policy_logprobs(seq, attn, t)
+            out_lp.append(_pad_right(lp.float().cpu(), T))
             if self.critic_engine is not None:
-                out_v.append(self._critic_values(seq, attn, T).float().cpu())
+                out_v.append(_pad_right(self._critic_values(seq, attn, t).float().cpu(), T))
         mask = fb.action_mask
         return torch.cat(out_lp) * mask, (torch.cat(out_v) * mask if out_v else None)
 
@@ -616,16 +640,21 @@ class PPOLearner:
 
     def _train_micro_batch(self, exp: Experience, idx: torch.Tensor, T: int):
         s = self.settings
-        seq = self._to_device(exp.sequences[idx].long())
-        attn = self._to_device(exp.attention_mask[idx].long())
-        mask = self._to_device(exp.action_mask[idx].float())
+        cols, T = trim_padding(exp.attention_mask[idx], T)  # every per-token tensor below is (b, T')
+
+        def per_token(x: torch.Tensor) -> torch.Tensor:
+            return self._to_device(x[idx, :T].float())
+
+        seq = self._to_device(exp.sequences[idx][:, cols].long())
+        attn = self._to_device(exp.attention_mask[idx][:, cols].long())
+        mask = per_token(exp.action_mask)
         boundary = self.policy_engine.is_gradient_accumulation_boundary()
 
         logprobs, resp_logits = self._policy_logprobs(seq, attn, T, return_logits=True)
         p_loss, p_stats = ppo_policy_loss(
             logprobs,
-            self._to_device(exp.old_logprobs[idx].float()),
-            self._to_device(exp.advantages[idx].float()),
+            per_token(exp.old_logprobs),
+            per_token(exp.advantages),
             mask,
             clip=s.policy_clip,
             dual_clip=s.dual_clip,
@@ -634,7 +663,7 @@ class PPOLearner:
         )
         del resp_logits
         if s.kl_loss_coef:  # ppo.kl_in: loss — the KL to the reference as a loss term (GRPO)
-            k_loss, k_stats = kl_loss(logprobs, self._to_device(exp.ref_logprobs[idx].float()), mask,
+            k_loss, k_stats = kl_loss(logprobs, per_token(exp.ref_logprobs), mask,
                                       estimator=s.kl_loss_estimator, aggregation=s.loss_aggregation)
             p_loss = p_loss + s.kl_loss_coef * k_loss
             p_stats = {**p_stats, **k_stats}
@@ -646,8 +675,8 @@ class PPOLearner:
         values = self._critic_values(seq, attn, T)
         v_loss, v_stats = critic_loss(
             values,
-            self._to_device(exp.old_values[idx].float()),
-            self._to_device(exp.returns[idx].float()),
+            per_token(exp.old_values),
+            per_token(exp.returns),
             mask,
             value_clip=s.value_clip,
             value_loss_coef=s.value_loss_coef,

@@ -135,3 +135,33 @@ def test_as_forward_batch_errors_are_actionable():
 
 def test_mean_stats_averages_keys_present():
     assert mean_stats([{"a": 1.0, "b": 2.0}, {"a": 3.0}]) == {"a": 2.0, "b": 2.0}
+
+
+def test_trim_padding_drops_only_columns_that_are_padding_in_every_row():
+    from fgrlhf_ray.workers.learner import trim_padding
+
+    # P = 4, T = 5: prompts left-padded (the first column is padding everywhere), responses of
+    # length 2 and 3 right-padded (the last two columns are padding everywhere).
+    attn = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 0],
+                         [0, 1, 1, 1, 1, 1, 1, 0, 0]])
+    assert trim_padding(attn, 5) == (slice(1, 7), 3)
+    # Nothing to trim, and a batch whose responses are all empty keeps one response column.
+    assert trim_padding(torch.ones(2, 6, dtype=torch.long), 3) == (slice(0, 6), 3)
+    assert trim_padding(torch.tensor([[0, 1, 1, 0, 0]]), 2) == (slice(1, 4), 1)
+
+
+def test_trimmed_micro_batch_gives_the_same_logprobs():
+    """What the learner computes on the trimmed columns equals the full padded batch's values."""
+    from fgrlhf_ray.workers.learner import _pad_right, trim_padding
+
+    model = _tiny_lm()
+    rb = _rollout(B=3, seed=2)
+    # Pad wider than needed on both sides, as a micro-batch of a larger batch would be.
+    pr = pad_rollout(rb, pad_token_id=0, prompt_len=8, response_len=9)
+    T = pr.response_len
+    with torch.no_grad():
+        full, _ = causal_lm_response_logprobs(model, pr.sequences, pr.attention_mask, T)
+        cols, t = trim_padding(pr.attention_mask, T)
+        assert cols.start > 0 and t < T
+        trimmed, _ = causal_lm_response_logprobs(model, pr.sequences[:, cols], pr.attention_mask[:, cols], t)
+    torch.testing.assert_close(_pad_right(trimmed, T) * pr.action_mask, full * pr.action_mask, atol=1e-5, rtol=1e-5)
