@@ -11,8 +11,13 @@ step — `compute_logprobs_and_values` (the "values" phase: no-grad policy + cri
 `train_step` (the "learn" phase) — as the median of `--repeats` runs, the padding share of the
 batch, and, for the first variant, the top operators of one `train_step` (torch.profiler).
 
+Each (code tree, variant) runs in its own process. `--before-tree DIR` (a `git worktree` of an
+older commit) also runs every variant on that tree's `fgrlhf_ray` (via PYTHONPATH), one after the
+other with the current tree's, on the same batch: the before/after rows of a learner change.
+
     .venv/bin/python benchmarks/learn_profile.py                       # all variants
     .venv/bin/python benchmarks/learn_profile.py --variants baseline,no_critic --repeats 3
+    git worktree add /tmp/before <rev> && .venv/bin/python benchmarks/learn_profile.py --before-tree /tmp/before
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,10 +136,36 @@ def measure(variant: str, policy: str, exp, *, repeats: int, profile: bool) -> d
     return row
 
 
+def worker(spec: dict) -> dict:
+    """One (tree, variant) measurement in this process (the tree is whatever `fgrlhf_ray` imports)."""
+    import fgrlhf_ray
+
+    policy, prompts = prepare(Path(spec["work"]), seed=spec["seed"])
+    exp, shape = demo_batch(policy, prompts, n_prompts=spec["prompts"], samples=spec["samples"],
+                            length=spec["length"], min_len=spec["min_len"], seed=spec["seed"])
+    row = measure(spec["variant"], policy, exp, repeats=spec["repeats"], profile=spec["profile"])
+    row.update(shape=shape, fgrlhf_ray=str(Path(fgrlhf_ray.__file__).parent))
+    return row
+
+
+def run_worker(spec: dict, tree: str | None) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", str(out)],
+                              env=env, capture_output=True, text=True, timeout=1800, cwd=tmp)
+        if proc.returncode != 0:
+            return {"variant": spec["variant"], "error": (proc.stderr or proc.stdout)[-1500:]}
+        return json.loads(out.read_text())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/fgrlhf-bench/learn")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--before-tree", default=None, help="also measure every variant on this checkout's code")
     ap.add_argument("--prompts", type=int, default=64, help="prompts per step (demo: 64)")
     ap.add_argument("--samples", type=int, default=2, help="samples per prompt (demo: 2)")
     ap.add_argument("--length", type=int, default=64, help="max new tokens (demo: 64)")
@@ -140,36 +173,44 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if args.worker:
+        Path(args.worker_out).write_text(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t_start = time.perf_counter()
-    work = Path(args.work)
-    policy, prompts = prepare(work, seed=args.seed)
-    exp, shape = demo_batch(policy, prompts, n_prompts=args.prompts, samples=args.samples, length=args.length,
-                            min_len=args.min_len, seed=args.seed)
-    print(f"batch {shape}", flush=True)
+    prepare(Path(args.work), seed=args.seed)  # once, before any timing
+    trees = [("current", None)] + ([("before", str(Path(args.before_tree).resolve()))] if args.before_tree else [])
     rows = []
-    for k, variant in enumerate(args.variants.split(",")):
-        row = measure(variant, policy, exp, repeats=args.repeats, profile=k == 0)
-        row["load_avg_1m_after"] = os.getloadavg()[0]
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "top_ops_learn"}), flush=True)
-    base = rows[0]
+    for variant in variants:
+        for label, tree in trees:
+            spec = {"work": args.work, "seed": args.seed, "prompts": args.prompts, "samples": args.samples,
+                    "length": args.length, "min_len": args.min_len, "repeats": args.repeats, "variant": variant,
+                    "profile": not rows}
+            row = {"tree": label, **run_worker(spec, tree), "load_avg_1m_after": os.getloadavg()[0]}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "top_ops_learn"}), flush=True)
+    base = next((r for r in rows if "values_plus_learn_s" in r), None)
     for row in rows:
-        row["speedup_vs_first"] = base["values_plus_learn_s"] / row["values_plus_learn_s"]
-    table(rows, ["variant", "threads", "values_s", "learn_s", "values_plus_learn_s", "speedup_vs_first"],
-          title=f"learner phases of one demo PPO step (B={shape['B']}, P={shape['P']}, T={shape['T']})")
-    if "top_ops_learn" in base:
+        if base and "values_plus_learn_s" in row:
+            row["speedup_vs_first"] = base["values_plus_learn_s"] / row["values_plus_learn_s"]
+    shape = base["shape"] if base else {}
+    table(rows, ["tree", "variant", "threads", "values_s", "learn_s", "values_plus_learn_s", "speedup_vs_first"],
+          title=f"learner phases of one demo PPO step (B={shape.get('B')}, P={shape.get('P')}, T={shape.get('T')})")
+    if base and "top_ops_learn" in base:
         table(base["top_ops_learn"], ["op", "self_cpu_share", "calls"], title=f"top ops of train_step ({base['variant']})")
     write_result("learn_profile", {
         "description": "seconds of the learner's values phase (compute_logprobs_and_values) and learn phase "
-                       "(train_step) on the demo's PPO batch, one process, median of repeats after a warm-up; "
-                       "variants measured one after the other",
-        "batch": shape, "settings": {"prompts": args.prompts, "samples": args.samples, "length": args.length,
-                                     "min_len": args.min_len, "repeats": args.repeats}, "variants": VARIANTS,
+                       "(train_step) on the demo's PPO batch, one process per (code tree, variant), median of "
+                       "repeats after a warm-up, measured one after the other",
+        "batch": shape, "before_tree": args.before_tree,
+        "settings": {"prompts": args.prompts, "samples": args.samples, "length": args.length,
+                     "min_len": args.min_len, "repeats": args.repeats}, "variants": VARIANTS,
         "rows": rows, "wall_s": time.perf_counter() - t_start,
     }, args.out)
     return 0
