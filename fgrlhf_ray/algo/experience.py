@@ -213,8 +213,8 @@ def assemble_experience(
     """
     mask = action_mask
     scores, _, score_stats = place_segment_rewards(scorer_outputs, token_offsets=token_offsets, action_mask=mask)
-    beta = kl_coef if kl_in == "reward" else 0.0  # kl_in "loss": the learner adds β·KL to the loss
-    rewards, kl_stats = total_token_rewards(scores, old_logprobs, ref_logprobs, mask, beta, kl_estimator)
+    reward_kl_coef = kl_coef if kl_in == "reward" else 0.0  # kl_in "loss": the learner adds β·KL to the loss
+    rewards, kl_stats = total_token_rewards(scores, old_logprobs, ref_logprobs, mask, reward_kl_coef, kl_estimator)
     if estimator == "gae":
         if scale_rewards:
             rewards = scale_rewards_by_std(rewards, mask)
@@ -223,9 +223,9 @@ def assemble_experience(
             advantages = whiten(advantages, mask, shift_mean=True)
         estimator_stats: dict[str, float] = {}
     else:
-        kl = kl_penalty(old_logprobs, ref_logprobs, mask, estimator=kl_estimator) if beta else None
+        kl = kl_penalty(old_logprobs, ref_logprobs, mask, estimator=kl_estimator) if reward_kl_coef else None
         advantages, returns, estimator_stats = compute_advantages(
-            estimator, scores=scores, mask=mask, group_ids=group_ids, kl=kl, kl_coef=beta, gamma=gamma)
+            estimator, scores=scores, mask=mask, group_ids=group_ids, kl=kl, kl_coef=reward_kl_coef, gamma=gamma)
         old_values = None
     experience = Experience(
         sequences=sequences,

@@ -95,7 +95,7 @@ def ppo_policy_loss(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    clip: float = 0.2,
+    policy_clip: float = 0.2,
     dual_clip: float | None = None,
     aggregation: str = "token_mean",
     logits: torch.Tensor | None = None,
@@ -112,7 +112,7 @@ def ppo_policy_loss(
         old_logprobs: (B, T) log π_old(a_t) recorded at rollout time.
         advantages: (B, T) advantages (usually whitened).
         mask: (B, T) 1 on real response tokens.
-        clip: ε.
+        policy_clip: ε (`ppo.policy_clip`).
         dual_clip: c (> 1) or None.
         aggregation: "token_mean" | "seq_mean".
         logits: optional (B, T, V) logits at the response positions, only for the
@@ -140,7 +140,7 @@ def ppo_policy_loss(
     log_ratio = lp - old
     ratio = torch.exp(log_ratio)
     loss_unclipped = -adv * ratio
-    loss_clipped = -adv * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss_clipped = -adv * ratio.clamp(1.0 - policy_clip, 1.0 + policy_clip)
     per_token = torch.maximum(loss_unclipped, loss_clipped)
     dual_active = torch.zeros_like(m)
     if dual_clip is not None:
@@ -175,7 +175,7 @@ def ppo_value_loss(
     old_values: torch.Tensor,
     returns: torch.Tensor,
     mask: torch.Tensor,
-    clip: float | None = 0.2,
+    value_clip: float | None = 0.2,
     aggregation: str = "token_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped value loss (paper A / PPO2):
@@ -189,7 +189,7 @@ def ppo_value_loss(
         old_values: (B, T) critic values at rollout time.
         returns: (B, T) targets R_t (`compute_gae`'s returns).
         mask: (B, T) 1 on real response tokens.
-        clip: ε, or None for no clipping.
+        value_clip: ε (`ppo.value_clip`), or None for no clipping.
         aggregation: "token_mean" | "seq_mean".
 
     Returns:
@@ -207,11 +207,11 @@ def ppo_value_loss(
     old = _zero_masked(old_values.to(v.dtype), m)
     ret = _zero_masked(returns.to(v.dtype), m)
     err_unclipped = (v - ret).square()
-    if clip is None:
+    if value_clip is None:
         per_token = 0.5 * err_unclipped
         clipped = torch.zeros_like(m)
     else:
-        v_clipped = old + (v - old).clamp(-clip, clip)
+        v_clipped = old + (v - old).clamp(-value_clip, value_clip)
         err_clipped = (v_clipped - ret).square()
         per_token = 0.5 * torch.maximum(err_unclipped, err_clipped)
         clipped = (err_clipped > err_unclipped) & m

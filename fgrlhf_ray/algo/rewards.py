@@ -379,12 +379,12 @@ def total_token_rewards(
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
-    beta: float,
+    kl_coef: float,
     estimator: str = "k1",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token PPO reward: the placed scores minus the KL penalty.
 
-        r_t = scores_t − β · kl_t,   kl_t = kl_penalty(logprobs, ref_logprobs, mask, estimator)_t
+        r_t = scores_t − β · kl_t,   β = kl_coef (`ppo.kl_coef`),   kl_t = kl_penalty(logprobs, ref_logprobs, mask, estimator)_t
 
     All tensors (B, T), ``mask`` 1 on real response tokens; r is 0 where mask is 0.
     ``logprobs`` should be the rollout policy's log π_old(a_t) (learner forward pass).
@@ -399,7 +399,7 @@ def total_token_rewards(
     m = mask.bool()
     kl = kl_penalty(logprobs, ref_logprobs, mask, estimator=estimator)
     scores = torch.where(m, scores, torch.zeros((), dtype=scores.dtype))
-    rewards = torch.where(m, scores - beta * kl, torch.zeros((), dtype=kl.dtype))
+    rewards = torch.where(m, scores - kl_coef * kl, torch.zeros((), dtype=kl.dtype))
     stats = {
         "kl": float(kl.sum(dim=1).mean()) if kl.numel() else 0.0,
         "kl_token_mean": float(masked_mean(kl, mask)),

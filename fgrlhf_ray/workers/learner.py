@@ -398,7 +398,7 @@ def critic_loss(values, old_values, returns, mask, *, value_clip: float | None, 
     the ½) scaled by c / ½, so c = 0.5 is `ppo_value_loss` itself; stats["value_loss"] is the
     scaled loss, the other stats are `ppo_value_loss`'s.
     """
-    loss, stats = ppo_value_loss(values, old_values, returns, mask, clip=value_clip, aggregation=aggregation)
+    loss, stats = ppo_value_loss(values, old_values, returns, mask, value_clip=value_clip, aggregation=aggregation)
     scale = value_loss_coef / _VALUE_LOSS_HALF
     return loss * scale, {**stats, "value_loss": stats["value_loss"] * scale}
 
@@ -656,7 +656,7 @@ class PPOLearner:
             per_token(exp.old_logprobs),
             per_token(exp.advantages),
             mask,
-            clip=s.policy_clip,
+            policy_clip=s.policy_clip,
             dual_clip=s.dual_clip,
             aggregation=s.loss_aggregation,
             logits=resp_logits,

@@ -388,7 +388,7 @@ def test_design_example_fine_grained_rewards_exact():
     g = torch.Generator().manual_seed(0)
     logprobs = -torch.rand(1, T, generator=g)
     ref = -torch.rand(1, T, generator=g)
-    rewards, kl_stats = total_token_rewards(scores, logprobs, ref, mask, beta=0.3, estimator="k1")
+    rewards, kl_stats = total_token_rewards(scores, logprobs, ref, mask, kl_coef=0.3, estimator="k1")
     for t in range(T):
         want = (expected[0, t] - 0.3 * (logprobs[0, t] - ref[0, t])).item() if t < L else 0.0
         assert rewards[0, t].item() == pytest.approx(want, abs=1e-6)
@@ -448,11 +448,11 @@ def test_total_token_rewards_ignores_junk_at_padding(estimator):
         mask[i, :L] = 1
     scores = torch.randn(B, T, generator=g) * mask
     lp, ref = -torch.rand(B, T, generator=g), -torch.rand(B, T, generator=g)
-    r1, s1 = total_token_rewards(scores, lp, ref, mask, beta=0.2, estimator=estimator)
+    r1, s1 = total_token_rewards(scores, lp, ref, mask, kl_coef=0.2, estimator=estimator)
     junk = mask == 0
     scores2, lp2, ref2 = scores.clone(), lp.clone(), ref.clone()
     scores2[junk], lp2[junk], ref2[junk] = float("nan"), float("inf"), -1e9
-    r2, s2 = total_token_rewards(scores2, lp2, ref2, mask, beta=0.2, estimator=estimator)
+    r2, s2 = total_token_rewards(scores2, lp2, ref2, mask, kl_coef=0.2, estimator=estimator)
     assert torch.equal(r1, r2) and s1 == s2
     torch.testing.assert_close(r1, (scores - 0.2 * kl_penalty(lp, ref, mask, estimator)) * mask)
 

@@ -51,7 +51,7 @@ def test_default_value_loss_coef_is_todays_loss():
     values, old, ret, mask = _value_inputs()
     coef = RunConfig.model_validate(ONE_RM).ppo.value_loss_coef
     loss, stats = critic_loss(values, old, ret, mask, value_clip=0.2, value_loss_coef=coef, aggregation="token_mean")
-    want, want_stats = ppo_value_loss(values, old, ret, mask, clip=0.2, aggregation="token_mean")
+    want, want_stats = ppo_value_loss(values, old, ret, mask, value_clip=0.2, aggregation="token_mean")
     assert torch.equal(loss, want) and stats == want_stats
 
 
