@@ -187,7 +187,7 @@ def trl_worker(spec: dict) -> dict:
 
 def run_trl(work: Path, *, policy: str, data_dir: Path, prompts: int, samples: int, length: int, episodes: int,
             lr: float, kl: float, seed: int, timeout_s: float, threads: int) -> dict:
-    out = work / "runs" / f"trl-grpo-{Path(policy).parent.name}-L{length}"
+    out = work / "runs" / f"trl-grpo-{Path(policy).parent.name}-L{length}-t{threads}"  # one folder per thread count
     spec = {"policy": policy, "train_file": str(data_dir / "train.json"), "prompts": prompts, "samples": samples,
             "length": length, "optimizer_steps": episodes // min(16, prompts * samples), "lr": lr, "kl": kl,
             "seed": seed, "out": str(out), "threads": threads}
