@@ -189,9 +189,19 @@ def trim_padding(attention_mask: torch.Tensor, num_actions: int) -> tuple[slice,
     return slice(first, last + 1), last + 1 - P
 
 
-def _pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
+def pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
     """(b, T') → (b, width) with zeros on the right (the response padding `trim_padding` cut)."""
     return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+def trimmed_micro_batches(fb: "ForwardBatch", size: int):
+    """Yield (sequences (b, S'), attention_mask (b, S'), T') for each micro-batch of `size` rows of
+    `fb`, trimmed of the padding columns all its rows share (`trim_padding`): the no-grad
+    forward passes of the learner's values phase and of the reference run on these."""
+    T = fb.action_mask.shape[1]
+    for sl in micro_slices(len(fb), size):
+        cols, t = trim_padding(fb.attention_mask[sl], T)
+        yield fb.sequences[sl, cols], fb.attention_mask[sl, cols], t
 
 
 def micro_slices(n: int, size: int) -> list[slice]:
@@ -555,13 +565,12 @@ class PPOLearner:
         fb = as_forward_batch(batch, pad_token_id=self.pad_token_id)
         T = fb.action_mask.shape[1]
         out_lp, out_v = [], []
-        for sl in micro_slices(len(fb), self.micro_batch_size):
-            cols, t = trim_padding(fb.attention_mask[sl], T)
-            seq, attn = self._to_device(fb.sequences[sl, cols]), self._to_device(fb.attention_mask[sl, cols])
+        for seq, attn, t in trimmed_micro_batches(fb, self.micro_batch_size):
+            seq, attn = self._to_device(seq), self._to_device(attn)
             lp, _ = self._policy_logprobs(seq, attn, t)
-            out_lp.append(_pad_right(lp.float().cpu(), T))
+            out_lp.append(pad_right(lp.float().cpu(), T))
             if self.critic_engine is not None:
-                out_v.append(_pad_right(self._critic_values(seq, attn, t).float().cpu(), T))
+                out_v.append(pad_right(self._critic_values(seq, attn, t).float().cpu(), T))
         mask = fb.action_mask
         return torch.cat(out_lp) * mask, (torch.cat(out_v) * mask if out_v else None)
 

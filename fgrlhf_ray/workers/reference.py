@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-from fgrlhf_ray.workers.learner import as_forward_batch, causal_lm_response_logprobs, default_pad_token_id, micro_slices
+from fgrlhf_ray.workers.learner import (
+    as_forward_batch,
+    causal_lm_response_logprobs,
+    default_pad_token_id,
+    pad_right,
+    trimmed_micro_batches,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -66,9 +72,7 @@ class ReferencePolicy:
         fb = as_forward_batch(batch, pad_token_id=self.pad_token_id)
         T = fb.action_mask.shape[1]
         parts = []
-        for sl in micro_slices(len(fb), self.micro_batch_size):
-            lp, _ = causal_lm_response_logprobs(
-                self.model, fb.sequences[sl].to(self.device), fb.attention_mask[sl].to(self.device), T
-            )
-            parts.append(lp.float().cpu())
+        for seq, attn, t in trimmed_micro_batches(fb, self.micro_batch_size):
+            lp, _ = causal_lm_response_logprobs(self.model, seq.to(self.device), attn.to(self.device), t)
+            parts.append(pad_right(lp.float().cpu(), T))
         return torch.cat(parts) * fb.action_mask

@@ -127,8 +127,9 @@ def test_zero0_logprobs_match_transformers_and_train_step_moves_weights(tiny_lla
     assert torch.count_nonzero(old_lp * (1 - pr.action_mask)) == 0
     assert torch.count_nonzero(old_v) == 0  # a new critic's value head is zero
 
-    # The reference policy (same weights) agrees with the learner before any update.
-    torch.testing.assert_close(ray.get(ref_lp_ref), old_lp, atol=1e-6, rtol=0)
+    # The reference policy (same weights) agrees with the learner before any update, to float32
+    # noise: its micro-batches (16 rows) are trimmed of padding to other lengths than the learner's (4).
+    torch.testing.assert_close(ray.get(ref_lp_ref), old_lp, atol=1e-5, rtol=0)
     ray.kill(reference)
 
     before = ray.get(group.state_dict_for_sync())

@@ -152,7 +152,7 @@ def test_trim_padding_drops_only_columns_that_are_padding_in_every_row():
 
 def test_trimmed_micro_batch_gives_the_same_logprobs():
     """What the learner computes on the trimmed columns equals the full padded batch's values."""
-    from fgrlhf_ray.workers.learner import _pad_right, trim_padding
+    from fgrlhf_ray.workers.learner import pad_right, trim_padding
 
     model = _tiny_lm()
     rb = _rollout(B=3, seed=2)
@@ -164,4 +164,4 @@ def test_trimmed_micro_batch_gives_the_same_logprobs():
         cols, t = trim_padding(pr.attention_mask, T)
         assert cols.start > 0 and t < T
         trimmed, _ = causal_lm_response_logprobs(model, pr.sequences[:, cols], pr.attention_mask[:, cols], t)
-    torch.testing.assert_close(_pad_right(trimmed, T) * pr.action_mask, full * pr.action_mask, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pad_right(trimmed, T) * pr.action_mask, full * pr.action_mask, atol=1e-5, rtol=1e-5)
