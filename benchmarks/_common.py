@@ -12,7 +12,11 @@ import datetime as _dt
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,3 +155,27 @@ def prompts(n: int, *, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [f"question: {rng.choice(_ASKS)} {rng.choice(_SUBJECTS)}? passage: {rng.choice(_SUBJECTS)} "
             f"was built in {1700 + rng.randrange(300)}. answer:" for _ in range(n)]
+
+
+def run_worker_process(script: str | os.PathLike, flag: str, spec: dict, *, timeout_s: float,
+                       env: dict[str, str] | None = None) -> dict:
+    """Run `python script flag <spec JSON> --worker-out FILE` in its own process group and return
+    the JSON it wrote, plus `wall_s`; `{"error": ...}` when it fails or outlives `timeout_s` (then
+    the whole group is killed). A fresh process per measurement: no state carries between them."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(script), flag, json.dumps(spec), "--worker-out", str(out)],
+                            start_new_session=True, env={"TOKENIZERS_PARALLELISM": "false", **(env or os.environ)})
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out.unlink(missing_ok=True)
+        return {"error": f"timed out after {timeout_s:.0f}s"}
+    text = out.read_text() if out.exists() else ""
+    out.unlink(missing_ok=True)
+    if proc.returncode != 0 or not text:
+        return {"error": f"worker exit {proc.returncode}"}
+    return {**json.loads(text), "wall_s": time.perf_counter() - t0}

@@ -27,15 +27,13 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import table, write_result  # noqa: E402
+from _common import run_worker_process, table, write_result  # noqa: E402
 
 # Learner settings changed per variant, on top of the demo's (`settings_for`).
 VARIANTS = {
@@ -149,16 +147,12 @@ def worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict, tree: str | None) -> dict:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "row.json"
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", str(out)],
-                              env=env, capture_output=True, text=True, timeout=1800, cwd=tmp)
-        if proc.returncode != 0:
-            return {"variant": spec["variant"], "error": (proc.stderr or proc.stdout)[-1500:]}
-        return json.loads(out.read_text())
+    row = run_worker_process(__file__, "--worker", spec, timeout_s=1800, env=env)
+    row.pop("wall_s", None)
+    return {"variant": spec["variant"], **row}
 
 
 def main() -> int:

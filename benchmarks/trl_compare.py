@@ -31,17 +31,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROOT, count_params, table, write_result  # noqa: E402
+from _common import ROOT, count_params, run_worker_process, table, write_result  # noqa: E402
 
 LARGE = {"vocab_size": 2048, "hidden_size": 640, "num_layers": 8, "num_heads": 10, "intermediate_size": 1728,
          "max_position_embeddings": 768, "tie_word_embeddings": False}
@@ -199,23 +197,7 @@ def run_trl(work: Path, *, policy: str, data_dir: Path, prompts: int, samples: i
 
 
 def _subprocess_worker(flag: str, spec: dict, timeout_s: float) -> dict:
-    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
-        out = f.name
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, flag, json.dumps(spec), "--worker-out", out],
-                            start_new_session=True, env=env)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return {"error": f"timed out after {timeout_s:.0f}s"}
-    text = Path(out).read_text() if Path(out).exists() else ""
-    Path(out).unlink(missing_ok=True)
-    if proc.returncode != 0 or not text:
-        return {"error": f"worker exit {proc.returncode}"}
-    return {**json.loads(text), "wall_s": time.perf_counter() - t0}
+    return run_worker_process(__file__, flag, spec, timeout_s=timeout_s)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -30,15 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_llama, table, write_result  # noqa: E402
+from _common import build_llama, run_worker_process, table, write_result  # noqa: E402
 
 
 def hf_logprobs(model, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
@@ -141,20 +138,12 @@ def broadcast_sync(engine, learner, prompt_ids, response_ids, *, repeats: int, b
 
 
 def run_worker(spec: dict, timeout_s: float) -> dict | None:
-    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
-        out = f.name
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", out],
-                            start_new_session=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        print(f"  timed out after {timeout_s:.0f}s", flush=True)
+    res = run_worker_process(__file__, "--worker", spec, timeout_s=timeout_s)
+    if "error" in res:
+        print(f"  {res['error']}", flush=True)
         return None
-    text = Path(out).read_text() if Path(out).exists() else ""
-    Path(out).unlink(missing_ok=True)
-    return json.loads(text) if proc.returncode == 0 and text else None
+    res.pop("wall_s")
+    return res
 
 
 def main() -> int:
