@@ -48,6 +48,7 @@ reference policy (`fgrlhf_ray.workers.reference`) reuses them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -168,7 +169,13 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
         if inner is None or inner is model:
             break
         model = inner
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _forward_takes_logits_to_keep(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
+    # Once per class, not per micro-batch: the forward passes call this on every call.
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def trim_padding(attention_mask: torch.Tensor, num_actions: int) -> tuple[slice, int]:
