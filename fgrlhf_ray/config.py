@@ -225,6 +225,16 @@ class RewardModelConfig(StrictModel):
 # ------------------------------------------------------------------------------ PPO
 
 
+# The values of ppo.advantage_estimator (fgrlhf_ray.algo.estimators.ADVANTAGE_ESTIMATORS; a test
+# checks they agree). A name, so that other configs (the demo's) offer exactly the same choice.
+AdvantageEstimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
+
+# Estimators whose baseline comes from the other samples of the same prompt (the same tuple
+# as fgrlhf_ray.algo.estimators.GROUP_ESTIMATORS, kept here so config stays torch-free; a test
+# checks they agree).
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+
+
 class PPOConfig(StrictModel):
     total_steps: int = Field(100, ge=1)
     """PPO steps (rollout → score → learn → sync) to run."""
@@ -282,7 +292,7 @@ class PPOConfig(StrictModel):
     whiten_advantages: bool = True
     """Whiten advantages over valid tokens (paper A; `gae` only: the others normalise themselves)."""
 
-    advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = "gae"
+    advantage_estimator: AdvantageEstimator = "gae"
     """`gae`: GAE with a critic (paper A). Critic-free, over the dense rewards (no critic is started):
     `grpo` (DeepSeekMath's process supervision: every segment reward normalised over its prompt's
     samples, a token's advantage = the sum of normalised rewards at or after it), `dr_grpo` (the same,
@@ -305,12 +315,6 @@ class PPOConfig(StrictModel):
 
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Gradient clipping norm."""
-
-
-# Estimators whose baseline comes from the other samples of the same prompt (the same tuple
-# as fgrlhf_ray.algo.estimators.GROUP_ESTIMATORS, kept here so config stays torch-free; a test
-# checks they agree).
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
 
 
 # -------------------------------------------------------------------------- learner

@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from fgrlhf_ray.config import StrictModel
+from fgrlhf_ray.config import GROUP_ESTIMATORS, AdvantageEstimator, StrictModel
 from fgrlhf_ray.pipelines.demo_report import FACTUALITY_ERRORS, METHODS, RELEVANCE_ERRORS
 from fgrlhf_ray.errors import ConfigError
 
@@ -137,6 +137,10 @@ class DemoPPOSettings(StrictModel):
     steps of 128 samples); with β 0.05 instead of 0.3, 1e-4 drifted far (KL 2-6) on blind RMs."""
 
     critic_lr: float = Field(1e-4, gt=0)
+    """Critic learning rate (`gae` only: the critic-free estimators build no critic)."""
+    advantage_estimator: AdvantageEstimator = "gae"
+    """`ppo.advantage_estimator` of both methods (`fgrlhf_ray.algo.estimators`): `gae` with a critic
+    (paper A), or a critic-free one over the same dense rewards (grpo: process supervision)."""
     kl_coef: float = Field(0.3, ge=0)
     """β of the per-token KL penalty (paper A's 0.3)."""
     temperature: float = Field(0.7, gt=0)
@@ -182,6 +186,17 @@ class DemoConfig(StrictModel):
     ppo: DemoPPOSettings = Field(default_factory=DemoPPOSettings)
     num_threads: int | None = Field(None, ge=1)
     """Torch threads for the in-process stages (SFT, RMs, evaluation); null = all cores."""
+
+    @model_validator(mode="after")
+    def _estimator_fits_the_budget(self) -> "DemoConfig":
+        # Checked here, before the first stage runs, not by `fgrlhf train` an hour later.
+        if self.ppo.advantage_estimator in GROUP_ESTIMATORS and self.sizes().samples_per_prompt < 2:
+            raise ValueError(
+                f"ppo.advantage_estimator {self.ppo.advantage_estimator!r} compares the samples of one prompt "
+                f"and needs budget.samples_per_prompt >= 2 (preset {self.preset!r} has "
+                f"{self.sizes().samples_per_prompt}); set --set budget.samples_per_prompt=2 or choose "
+                "ppo.advantage_estimator 'gae' or 'reinforce_pp'")
+        return self
 
     def sizes(self) -> DemoBudget:
         return self.budget or PRESETS[self.preset]
@@ -468,7 +483,8 @@ def ppo_run_config(arm: str, method: str, *, run_dir: Path, policy: str, rms: di
         "reward_models": reward_models,
         "ppo": {"total_steps": budget.ppo_steps, "prompts_per_step": budget.prompts_per_step,
                 "minibatch_size": min(ppo.minibatch_size, batch), "ppo_epochs": ppo.ppo_epochs,
-                "kl_coef": ppo.kl_coef, "lr": ppo.lr, "critic_lr": ppo.critic_lr},
+                "kl_coef": ppo.kl_coef, "lr": ppo.lr, "critic_lr": ppo.critic_lr,
+                "advantage_estimator": ppo.advantage_estimator},
         "learner": {"world_size": 1, "zero_stage": 0, "micro_batch_size": min(16, batch),
                     "num_cpus_per_rank": ppo.learner_cpus},
         "data": {"train_file": str(data_dir / "train.json"), "dev_file": str(data_dir / "dev.json")},
@@ -615,6 +631,7 @@ def write_report(out: Path, *, config: DemoConfig, stages: dict, evaluation: dic
         "# fgrlhf demo: fine-grained vs holistic RLHF on the synthetic fact-QA world",
         "",
         f"Preset `{config.preset}`; arms {arms}; PPO seeds {seeds}; reward-model data `{config.rm_data}`; "
+        f"advantage estimator `{config.ppo.advantage_estimator}`; "
         f"{evaluation['n_prompts']} test questions answered greedily; every number below is the *oracle's* "
         "judgement (not a reward model's). Each method saw "
         f"{config.sizes().ppo_steps * config.sizes().prompts_per_step * config.sizes().samples_per_prompt} "

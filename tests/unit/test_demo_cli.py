@@ -115,3 +115,24 @@ def test_inspect_stage_shows_every_policy_with_the_oracle_scorers_and_labels(tmp
     assert page["policies"] == ["sft", "oracle/fine_grained"]
     assert [m["name"] for m in page["models"]] == ["relevance", "factuality", "completeness"]
     assert page["label_sources"] == ["oracle"] and len(page["responses"]) == 2 * n
+
+
+def test_group_estimator_with_one_sample_per_prompt_exits_2_before_any_stage(tmp_path):
+    result = run_cli("--quick", "--out", str(tmp_path / "o"), "--set", "ppo.advantage_estimator=grpo",
+                     "--set", "budget.samples_per_prompt=1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "budget.samples_per_prompt" in result.stderr and "reinforce_pp" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_estimator_reaches_every_ppo_run_config(tmp_path):
+    from fgrlhf_ray.config import RunConfig
+    from fgrlhf_ray.pipelines.demo import ppo_run_config
+
+    config = DemoConfig(ppo={"advantage_estimator": "rloo"})
+    for arm in ("learned", "oracle"):
+        for method in ("fine_grained", "holistic"):
+            rms = {n: {"path": str(tmp_path / n)} for n in ("relevance", "factuality", "completeness", "holistic")}
+            raw = ppo_run_config(arm, method, run_dir=tmp_path / "run", policy="p", rms=rms, data_dir=tmp_path,
+                                 budget=config.sizes(), ppo=config.ppo, seed=0)
+            assert RunConfig.model_validate(raw).ppo.advantage_estimator == "rloo"
