@@ -198,3 +198,25 @@ def test_make_edits_through_the_synthetic_editor_equals_the_direct_pairs(synthet
             "model": "gpt-x", "messages": [{"role": "user", "content": text}]}).status_code == 404
         with pytest.raises(ConfigError):
             collect_with_make_edits(synthetic, tmp_path / "x.jsonl", url=server.url, model="gpt-x")
+
+
+@pytest.mark.slow
+def test_stage_runs_end_to_end_on_a_tiny_encoder(synthetic, tmp_path):
+    """The demo stage: pairs, make-edits through the endpoint, both RMs (2 steps of a tiny random
+    encoder: numbers meaningless), their quality beside the baselines, a JSON-able result."""
+    from fgrlhf_ray.pipelines.demo_token_level import stage_token_level_rm
+    from fgrlhf_ray.rewards.tiny import build_tiny_bert
+
+    backbone = str(build_tiny_bert(tmp_path / "backbone", hidden_size=32, num_layers=1, seed=0))
+    res = stage_token_level_rm(tmp_path / "stage", train_feedback=str(synthetic), dev_feedback=str(synthetic),
+                               test_feedback=str(synthetic), backbone=backbone, steps=2, train_examples=32, seed=0,
+                               token_settings={"lr": 1e-3})
+    json.dumps(res)
+    assert res["make_edits"]["train"]["vs_direct"]["equal"]
+    assert res["rms"]["token_level"]["train_pairs"] == 32 and res["rms"]["token_level"]["steps"] == 2
+    assert res["rms"]["token_level"]["normalization"]["std"] > 0
+    q = res["quality"]
+    assert q["n_pairs"] == res["pairs"]["test"]["pairs"] > 0
+    assert 0 <= q["token_level"]["sum_accuracy"] <= 1 and 0 <= q["sequence"]["accuracy"] <= 1
+    assert set(q["token_level"]["baselines"]) == {"prefer_shorter", "prefer_longer"}
+    assert res["target"]["target"] == 0.9 and isinstance(res["target"]["reached"], bool)
