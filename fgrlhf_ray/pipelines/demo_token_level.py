@@ -512,8 +512,9 @@ def evaluate_rms(token_rm_dir: str | None, sequence_rm_dir: str | None, test_pai
 def token_reward_stats(rm_dir: str, pairs: Sequence[EditPair], *, n: int = 400, batch_size: int = 32) -> dict:
     """Mean and std of the token-level RM's r_t over the policy's answers (the originals of the
     first `n` pairs): PPO's `normalize_mean` / `normalize_std` for this RM, so that at the SFT
-    policy a token earns 0 on average and the summed reward does not simply pay for length (the
-    raw r_t lean negative: the editor removes more tokens than it writes)."""
+    policy a token earns 0 on average and the summed reward does not simply pay for length or
+    brevity (the raw r_t need not average 0: the demo's 50-step MiniLM RM gave mean +0.22, std
+    1.51 per token on the policy's answers)."""
     import statistics
 
     from fgrlhf_ray.rewards.base import load_reward_model
