@@ -12,9 +12,14 @@ fine-grained rewards beat a holistic reward on a task whose ground truth is know
                 (sequence) reward models on that feedback, MiniLM encoder
     rm_quality  every RM judged on held-out policy answers (and, for contrast, on perturbed gold
                 answers) beside trivial baselines
+    rm_token_level  paper B (issue 20): edit pairs (each policy answer → the oracle's minimal
+                correction), also collected through `fgrlhf make-edits` from a synthetic (oracle)
+                editor endpoint; a token-level RM and a sequence-level RM on them, judged on the
+                edit pairs of held-out test questions (`demo_token_level`)
     ppo         per arm — learned (the RMs) and oracle (the oracle's labels as function scorers) —
                 fine-grained PPO (relevance + factuality + completeness) and holistic PPO from the
-                same SFT policy with the same budget, through the real `fgrlhf train` stack
+                same SFT policy with the same budget, through the real `fgrlhf train` stack; the
+                learned arm also runs token-level PPO (paper B) where the preset or `methods` says
     evaluate    every saved PPO checkpoint (and the SFT policy = step 0) answers the test
                 questions greedily; the *oracle*, not a reward model, judges the answers
     inspect     inspect.html: every policy's answers to 24 test questions with each fine-grained
@@ -183,6 +188,11 @@ class DemoConfig(StrictModel):
     """The reward models' training data: the oracle's feedback on the SFT policy's own samples
     (paper A's protocol), on perturbed gold answers (the synthetic world's files), or both."""
 
+    methods: list[Method] | None = Field(None, min_length=2)
+    """PPO methods: fine_grained and holistic (always), token_level (paper B's token-level RM from
+    minimal edits; learned arm only: the oracle arm has no token-level scorer). null = the
+    preset's (`PRESET_METHODS`)."""
+
     ppo: DemoPPOSettings = Field(default_factory=DemoPPOSettings)
     num_threads: int | None = Field(None, ge=1)
     """Torch threads for the in-process stages (SFT, RMs, evaluation); null = all cores."""
@@ -196,6 +206,9 @@ class DemoConfig(StrictModel):
                 f"and needs budget.samples_per_prompt >= 2 (preset {self.preset!r} has "
                 f"{self.sizes().samples_per_prompt}); set --set budget.samples_per_prompt=2 or choose "
                 "ppo.advantage_estimator 'gae' or 'reinforce_pp'")
+        if self.methods is not None and not {"fine_grained", "holistic"} <= set(self.methods):
+            raise ValueError(f"methods must include fine_grained and holistic (the report compares every method "
+                             f"with holistic), got {self.methods}")
         return self
 
     def sizes(self) -> DemoBudget:
@@ -205,6 +218,12 @@ class DemoConfig(StrictModel):
         """(arms, PPO seeds) after the preset's defaults."""
         arms, seeds = PRESET_RUNS[self.preset]
         return list(self.arms or arms), list(self.ppo_seeds or seeds)
+
+    def methods_of(self, arm: str) -> list[str]:
+        """The PPO methods one arm runs, in `METHODS` order (token_level: learned arm only)."""
+        chosen = set(self.methods or PRESET_METHODS[self.preset])
+        return [m for m in METHODS if m in chosen and (arm == "learned" or m in ORACLE_METHODS)]
+
 
 
 # ------------------------------------------------------------------------ stage caching
@@ -366,6 +385,22 @@ SEGMENT_FEATURES = {
     "factuality": ["position", "n_words", "lexical_redundancy", "evidence_words"],
 }
 
+Method = Literal["fine_grained", "holistic", "token_level"]
+ORACLE_METHODS = ("fine_grained", "holistic")  # the oracle arm has no token-level scorer
+#: PPO methods per preset (`--set methods=[...]` overrides). token_level is paper B's token-level RM
+#: (issue 20): a third learned-arm PPO run of the same budget.
+PRESET_METHODS: dict[str, tuple[str, ...]] = {
+    "default": ("fine_grained", "holistic"),
+    "full": ("fine_grained", "holistic", "token_level"),
+    "quick": ("fine_grained", "holistic", "token_level"),
+}
+#: The token-level RM's optimizer steps per `budget.rm_steps` and its settings with MiniLM
+#: (`demo_token_level.TOKEN_SETTINGS`: the passages, BM25-cut to 128 tokens, are in its input; without
+#: them it cannot tell a wrongly grounded value from the right one).
+TOKEN_RM_STEP_FACTOR = 1
+TOKEN_RM_SETTINGS = {"lr": 1e-4, "head_lr": 1e-3, "changed_token_loss_weight": 1.0, "use_context": True,
+                     "max_length": 128}
+
 RM_TASKS = {  # name → (task, density in PPO, RM kind in PPO)
     "relevance": ("relevance", "sub_sentence", "segment_classifier"),
     "factuality": ("factuality", "sentence", "segment_classifier"),
@@ -447,6 +482,39 @@ def stage_rm_quality(d: Path, *, rms: dict, policy_test: str, perturbation_test:
     return out
 
 
+def stage_token_level_rm(d: Path, *, samples: dict, budget: DemoBudget, seed: int,
+                         num_threads: int | None) -> dict:
+    """Paper B (issue 20): edit pairs of the policy's answers (and the same through `make-edits` and
+    the synthetic editor endpoint), the token-level RM and a sequence-level RM on them, judged on the
+    pairs of held-out test questions (`fgrlhf_ray.pipelines.demo_token_level`). The token-level RM
+    trains `TOKEN_RM_STEP_FACTOR` × `rm_steps` steps, the sequence-level RM `rm_steps` (issue 20: at 50
+    steps each, 0.986 and 0.976 edited ≻ original on 765 held-out pairs; 150 token-level steps: 0.995)."""
+    from fgrlhf_ray.pipelines.demo_token_level import stage_token_level_rm as run
+
+    backbone = build_rm_backbone(d / "backbone", kind=budget.rm_backbone, layers=budget.rm_layers, seed=seed)
+    files = samples["files"]
+    res = run(d, train_feedback=files["train"], dev_feedback=files["dev"], test_feedback=files["test"],
+              backbone=backbone, steps=budget.rm_steps * TOKEN_RM_STEP_FACTOR, sequence_steps=budget.rm_steps,
+              train_examples=max(budget.rm_train_examples, 16), seed=seed, num_threads=num_threads,
+              token_settings=TOKEN_RM_SETTINGS if budget.rm_backbone == "minilm" else {"lr": 1e-3, "head_lr": 1e-3})
+    q = res["quality"]
+    print(f"[demo]   RM token_level: edited ≻ original {q['token_level']['sum_accuracy']:.3f} on {q['n_pairs']} "
+          f"held-out pairs (sequence RM {q['sequence']['accuracy']:.3f}; prefer shorter "
+          f"{q['token_level']['baselines']['prefer_shorter']:.3f})", flush=True)
+    return res
+
+
+def token_rm_quality(token_rm: dict) -> dict:
+    """`rm_quality` rows of the token-level RM and its sequence-level twin (the report's RM table)."""
+    q = token_rm["quality"]
+    tl, seq = q["token_level"], q["sequence"]
+    return {"token_level": {"metric": "sum_accuracy", "baselines": tl["baselines"],
+                            "policy_samples": {k: tl[k] for k in ("n", "sum_accuracy", "pair_accuracy",
+                                                                  "changed_token_sign_accuracy")}},
+            "edit_sequence": {"metric": "accuracy", "baselines": seq["baselines"],
+                              "policy_samples": {"n": seq["n"], "accuracy": seq["accuracy"]}}}
+
+
 ORACLE_SCORERS = "fgrlhf_ray.data.oracle_scorers"
 
 
@@ -455,6 +523,13 @@ def reward_models_of(arm: str, method: str, *, rms: dict, ppo: "DemoPPOSettings"
     names = ("relevance", "factuality", "completeness") if method == "fine_grained" else ("holistic",)
     if method not in METHODS or arm not in ("learned", "oracle"):
         raise ValueError(f"unknown arm/method {arm}/{method}")
+    if method == "token_level":  # paper B: every response token gets r_t from the token-level RM
+        if arm != "learned":
+            raise ValueError("token_level PPO runs in the learned arm only (the oracle has no token-level scorer)")
+        tl = rms["token_level"]
+        norm = tl.get("normalization") or {}  # r_t centred on the SFT policy's answers: length alone earns nothing
+        return [{"name": "token_level", "kind": "token_level", "path": tl["path"], "density": "token", "weight": 1.0,
+                 "batch_size": 32, **({"normalize_mean": norm["mean"], "normalize_std": norm["std"]} if norm else {})}]
     out = []
     for n in names:
         weight = ppo.weights[n] if method == "fine_grained" else 1.0
@@ -638,15 +713,16 @@ def write_report(out: Path, *, config: DemoConfig, stages: dict, evaluation: dic
         "episodes (PPO steps × prompts × samples).",
     ]
     R.write_report(out, header=header, analysis=analysis, evaluation=evaluation, n_seeds=len(seeds),
-                   rm_quality=stages.get("rm_quality"), timings=timings)
+                   rm_quality=stages.get("rm_quality"), timings=timings, token_rm=stages.get("token_rm"))
     verdicts = {arm: a["verdict"] for arm, a in analysis.items()}
     results = {"config": config.model_dump(mode="json"), "budget": config.sizes().model_dump(),
                "arms": {arm: {"summary": {r: {k: list(v) for k, v in a["summary"][r].items()} for r in a["summary"]},
-                              **{k: a[k] for k in ("comparison", "sample_efficiency", "gaming", "verdict", "goal")}}
+                              **{k: a[k] for k in ("comparison", "sample_efficiency", "gaming", "verdict", "goal",
+                                                   "methods", "token_level_goal") if k in a}}
                         for arm, a in analysis.items()},
                "curves": evaluation["curves"], "sft": evaluation["sft"], "reward_models": stages.get("rm"),
                "rm_quality": stages.get("rm_quality"), "policy_samples": stages.get("samples"),
-               "stage_seconds": timings, "verdict": verdicts}
+               "token_level_rm": stages.get("token_rm"), "stage_seconds": timings, "verdict": verdicts}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
 
@@ -690,17 +766,28 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
         _, rm_quality = stages.run("rm_quality", {"rm": rm_key},
                                    lambda d: stage_rm_quality(d, rms=rms, policy_test=samples["files"]["test"],
                                                               perturbation_test=str(data_dir / "test_feedback.json")))
-    runs: dict[str, dict[str, dict[int, dict]]] = {arm: {m: {} for m in METHODS} for arm in arms}
+    token_key, token_rm = None, None
+    if "learned" in arms and "token_level" in config.methods_of("learned"):
+        token_payload = {"samples": samples_key, "seed": config.seed, "version": 1, "settings": TOKEN_RM_SETTINGS,
+                         "factor": TOKEN_RM_STEP_FACTOR,
+                         **budget.model_dump(include={"rm_backbone", "rm_layers", "rm_steps", "rm_train_examples"})}
+        token_key, token_rm = stages.run("rm_token_level", token_payload,
+                                         lambda d: stage_token_level_rm(d, samples=samples, budget=budget,
+                                                                        seed=config.seed, num_threads=config.num_threads))
+        rm_quality = {**(rm_quality or {}), **token_rm_quality(token_rm)}
+    learned_rms = {**rms, **({"token_level": token_rm["rms"]["token_level"]} if token_rm else {})}
+    runs: dict[str, dict[str, dict[int, dict]]] = {arm: {m: {} for m in config.methods_of(arm)} for arm in arms}
     ppo_keys = {}
     for seed in seeds:
         for arm in arms:
-            for method in METHODS:
+            for method in config.methods_of(arm):
                 name = f"ppo/{arm}/{method}/seed{seed}"
-                run_cfg = ppo_run_config(arm, method, run_dir=stages.dir(name), policy=sft["policy"], rms=rms,
+                run_cfg = ppo_run_config(arm, method, run_dir=stages.dir(name), policy=sft["policy"], rms=learned_rms,
                                          data_dir=data_dir, budget=budget, ppo=config.ppo, seed=seed)
-                key, runs[arm][method][seed] = stages.run(
-                    name, {"sft": sft_key, "rm": rm_key if arm == "learned" else None, "config": run_cfg},
-                    lambda d, c=run_cfg: stage_ppo(d, run_config=c))
+                payload = {"sft": sft_key, "rm": rm_key if arm == "learned" else None, "config": run_cfg}
+                if method == "token_level":
+                    payload["rm"] = token_key
+                key, runs[arm][method][seed] = stages.run(name, payload, lambda d, c=run_cfg: stage_ppo(d, run_config=c))
                 ppo_keys[name] = key
     eval_key, evaluation = stages.run("evaluate", {"ppo": ppo_keys, "n": budget.n_eval_prompts, "version": 3},
                                       lambda d: stage_evaluate(d, data_dir=data_dir, sft_policy=sft["policy"],
@@ -713,7 +800,8 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
     evaluation["warnings"] = {arm: {m: {str(seed): run_warnings(stages.dir(f"ppo/{arm}/{m}/seed{seed}"))
                                         for seed in by_seed} for m, by_seed in by_method.items()}
                               for arm, by_method in runs.items()}
-    return write_report(out, config=config, stages={"rm": rms, "rm_quality": rm_quality, "samples": samples},
+    return write_report(out, config=config, stages={"rm": rms, "rm_quality": rm_quality, "samples": samples,
+                                                    "token_rm": token_rm},
                         evaluation=evaluation, timings=stages.timings)
 
 

@@ -26,9 +26,10 @@ from fgrlhf_ray.inspector.render import read_page_data
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ARMS = ("learned", "oracle")
-METHODS = ("fine_grained", "holistic")
-STAGES = ("data", "sft", "samples", "rm", "rm_quality",
-          *(f"ppo/{arm}/{m}/seed0" for arm in ARMS for m in METHODS), "evaluate", "inspect")
+METHODS = {"learned": ("fine_grained", "holistic", "token_level"),  # token-level PPO (paper B): learned arm only
+           "oracle": ("fine_grained", "holistic")}
+STAGES = ("data", "sft", "samples", "rm", "rm_quality", "rm_token_level",
+          *(f"ppo/{arm}/{m}/seed0" for arm in ARMS for m in METHODS[arm]), "evaluate", "inspect")
 
 
 def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -60,7 +61,7 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
     assert set(results["arms"]) == set(ARMS)
     for arm in ARMS:
         summary = results["arms"][arm]["summary"]
-        assert set(summary) == {"sft", *METHODS}
+        assert set(summary) == {"sft", *METHODS[arm]}
         for method, metrics in summary.items():
             for name in ("mean_quality_ratio", "win_rate_vs_sft", "missing_rate", "frac_with_any_error",
                          "shape/words_per_answer", "shape/sub_sentences_per_answer"):
@@ -70,7 +71,7 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
         # The SFT policy against itself: every comparison is a tie.
         assert summary["sft"]["win_rate_vs_sft"][0] == pytest.approx(0.5)
         # One oracle evaluation per saved checkpoint (step 0 = SFT, then every eval_every steps).
-        for method in METHODS:
+        for method in METHODS[arm]:
             steps = [point["step"] for point in results["curves"][arm][method]["0"]]
             assert steps[0] == 0 and steps[-1] == 2, (arm, method, steps)
         comp = results["arms"][arm]["comparison"]
@@ -84,7 +85,7 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
 
     # inspect.html: every policy's answers, the learned fine-grained RMs' marks and the oracle's labels.
     page = read_page_data(out / "inspect.html")
-    assert page["policies"] == ["sft", *(f"{arm}/{m}" for arm in ARMS for m in METHODS)]
+    assert page["policies"] == ["sft", *(f"{arm}/{m}" for arm in ARMS for m in METHODS[arm])]
     assert [m["name"] for m in page["models"]] == ["relevance", "factuality", "completeness"]
     assert page["label_sources"] == ["oracle"]
     assert len(page["responses"]) == len(page["policies"]) * len(page["groups"]) > 0
@@ -100,10 +101,22 @@ def test_demo_quick_end_to_end_then_reuses_stages(tmp_path):
         q = results["rm_quality"][name]["policy_samples"]
         assert 0.0 <= q.get("accuracy", 0.0) <= 1.0 and ("accuracy" in q or "examples" in q["error"]), name
 
+    # Paper B: edit pairs of the policy's answers, the same through make-edits and the synthetic editor
+    # endpoint, a token-level and a sequence-level RM judged on the held-out test questions' pairs.
+    token = results["token_level_rm"]
+    assert token["pairs"]["train"]["rows"] == 16 * 4 and token["make_edits"]["train"]["vs_direct"]["equal"]
+    for key in ("sum_accuracy", "changed_token_sign_accuracy"):
+        assert 0.0 <= token["quality"]["token_level"][key] <= 1.0, key
+    assert 0.0 <= token["quality"]["sequence"]["accuracy"] <= 1.0
+    assert results["rm_quality"]["token_level"]["metric"] == "sum_accuracy"
+    assert "| metric | SFT | holistic PPO | fine-grained PPO | token-level PPO |" in report
+    assert "## Paper B: token-level vs sequence-level RM" in report
+    assert "token_level" in (out / "ppo" / "learned" / "token_level" / "seed0" / "config.yaml").read_text()
+
     # Every PPO run went through the real trainer and logged every step, answer shape included;
     # the oracle arm's rewards came from the function scorers.
     for arm in ARMS:
-        for method in METHODS:
+        for method in METHODS[arm]:
             run = out / "ppo" / arm / method / "seed0"
             rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             steps = [r for r in rows if "reward/total_mean" in r]

@@ -59,6 +59,27 @@ def test_presets_are_consistent():
     assert DemoConfig(arms=["oracle"], ppo_seeds=[4]).runs() == (["oracle"], [4])
 
 
+def test_token_level_method_is_learned_arm_only():
+    """Issue 20: token-level PPO (paper B) runs in the learned arm of the presets that list it."""
+    from pydantic import ValidationError
+
+    from fgrlhf_ray.pipelines.demo import DemoPPOSettings, reward_models_of
+
+    assert DemoConfig(preset="full").methods_of("learned") == ["fine_grained", "holistic", "token_level"]
+    assert DemoConfig(preset="full").methods_of("oracle") == ["fine_grained", "holistic"]
+    assert DemoConfig(preset="quick").methods_of("learned")[-1] == "token_level"
+    assert DemoConfig(methods=["holistic", "fine_grained"], preset="full").methods_of("learned") == \
+        ["fine_grained", "holistic"]
+    with pytest.raises(ValidationError, match="fine_grained and holistic"):
+        DemoConfig(methods=["holistic", "token_level"])
+    rms = {"token_level": {"path": "/rm/token_level", "normalization": {"mean": -0.5, "std": 2.0}}}
+    (entry,) = reward_models_of("learned", "token_level", rms=rms, ppo=DemoPPOSettings())
+    assert entry == {"name": "token_level", "kind": "token_level", "path": "/rm/token_level", "density": "token",
+                     "weight": 1.0, "batch_size": 32, "normalize_mean": -0.5, "normalize_std": 2.0}
+    with pytest.raises(ValueError, match="learned arm only"):
+        reward_models_of("oracle", "token_level", rms=rms, ppo=DemoPPOSettings())
+
+
 def test_bad_arm_exits_2_naming_the_field(tmp_path):
     result = run_cli("--quick", "--set", "arms=[learned,magic]", cwd=tmp_path)
     assert result.returncode == 2 and "arms" in result.stderr and "oracle" in result.stderr

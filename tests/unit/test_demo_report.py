@@ -97,3 +97,37 @@ def test_warning_lines_list_each_condition_once():
                              "holistic": {"0": [{**event, "status": "cleared"}]}})
     assert lines == ["- ⚠ reward diagnostics (fine-grained, seed 0, step 3): relevance: blind"]
     assert "no warning" in R.warning_lines({"holistic": {"0": []}})[0]
+
+
+def test_three_methods_verdict_table_and_token_level_goal(tmp_path):
+    """Issue 20: token-level PPO as a third learned-arm method; the oracle arm keeps two."""
+    learned = {"fine_grained": {"0": [point(0, -0.5), point(3, -0.3), point(6, -0.2)]},
+               "holistic": {"0": [point(0, -0.5), point(3, -0.45), point(6, -0.4)]},
+               "token_level": {"0": [point(0, -0.5), point(3, -0.35), point(6, -0.1)]}}
+    oracle = {m: learned[m] for m in ("fine_grained", "holistic")}
+    quality = {"fine_grained": {"0": [-0.2, -0.3, -0.1, -0.2]}, "holistic": {"0": [-0.4, -0.5, -0.3, -0.4]},
+               "token_level": {"0": [-0.1, -0.1, -0.1, -0.1]}}
+    evaluation = {"sft": SFT, "curves": {"learned": learned, "oracle": oracle}, "n_prompts": 4,
+                  "final_quality": {"learned": quality, "oracle": {m: quality[m] for m in oracle}}}
+    analysis = R.analyse(evaluation)
+    a = analysis["learned"]
+    assert set(a["methods"]) == {"fine_grained", "token_level"}
+    assert a["methods"]["token_level"]["comparison"]["winner"] == "token_level"
+    assert a["methods"]["token_level"]["sample_efficiency"]["token_level_step"] == 3
+    assert "Best final oracle quality: token-level PPO (-0.100)" in a["verdict"]
+    assert "token-level step 3" in a["verdict"] and "fine-grained step 3" in a["verdict"]
+    assert ": reached" in a["token_level_goal"]
+    # the two-method arm is reported exactly as before
+    assert "methods" not in analysis["oracle"] and analysis["oracle"]["verdict"].startswith("fine-grained PPO beat")
+    token_rm = {"pairs": {"train": {"pairs": 90, "skipped_unchanged": 7, "skipped_duplicate": 3}},
+                "quality": {"n_pairs": 20, "token_level": {"sum_accuracy": 0.95, "changed_token_sign_accuracy": 0.9,
+                                                           "baselines": {"prefer_shorter": 0.6, "prefer_longer": 0.4}},
+                            "sequence": {"accuracy": 0.8, "baselines": {"prefer_shorter": 0.6, "prefer_longer": 0.4}}},
+                "target": {"reached": True, "sum_accuracy": 0.95, "best_baseline": 0.6, "target": 0.9, "margin": 0.1}}
+    text = R.write_report(tmp_path, header=["# t"], analysis=analysis, evaluation=evaluation, n_seeds=1,
+                          rm_quality=None, timings={"total": 1.0}, token_rm=token_rm)
+    assert "| metric | SFT | holistic PPO | fine-grained PPO | token-level PPO |" in text
+    assert "| metric | SFT | holistic PPO | fine-grained PPO |\n" in text  # the oracle arm's table
+    assert "| token-level (sum of r_t) | 0.950 | 0.900 | 0.600 | 0.400 |" in text
+    assert "token-level reached holistic's final quality (-0.400) at step 3 of 6" in text
+    assert (tmp_path / "curves.png").stat().st_size > 1000
