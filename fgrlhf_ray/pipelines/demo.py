@@ -419,7 +419,7 @@ def rm_train_config(name: str, *, backbone: str, output_dir: Path, train_path: s
         task=task, name=name, backbone=backbone, output_dir=str(output_dir), seed=seed,
         data={"train_path": train_path, "dev_path": dev_path, "max_train_examples": budget.rm_train_examples},
         # Prompts are short here (three passages of 2-4 sentences): 320 tokens hold them.
-        max_length=320, epochs=100, max_steps=budget.rm_steps, batch_size=16,
+        max_length=192 if task == "holistic" else 320, epochs=100, max_steps=budget.rm_steps, batch_size=16,
         lr=1e-4 if budget.rm_backbone == "minilm" else 1e-3,
         error_class_weight=2.0 if task == "factuality" else 1.0,
         use_ray_train=False, progress_bar=True, keep_checkpoints=1,
@@ -430,6 +430,10 @@ def rm_train_config(name: str, *, backbone: str, output_dir: Path, train_path: s
         # docs/policy_sample_rms.md) with ~50 instead of ~300 tokens per input, in training and
         # in every PPO step.
         **({"use_context": False} if task == "factuality" else {}),
+        # The holistic RM must see wrong grounding (39% of the policy's sentences), which only the
+        # passages reveal: with them (BM25-selected, 192 tokens in all) its pairwise accuracy on
+        # held-out policy answers rose from 0.664 to 0.749 (docs/demo_experiments.md).
+        **({"use_context": True} if task == "holistic" else {}),
     ))
 
 
@@ -752,7 +756,7 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
                                       lambda d: stage_policy_samples(d, data_dir=data_dir, policy=sft["policy"],
                                                                      budget=budget, ppo=config.ppo, seed=config.seed))
     rm_payload = {"data": data_key, "samples": samples_key, "rm_data": config.rm_data, "seed": config.seed,
-                  "version": 2,  # 2: factuality without the passages in the encoder input
+                  "version": 3,  # 2: factuality without the passages in the encoder input; 3: holistic with them
                   **budget.model_dump(include={"rm_backbone", "rm_layers", "rm_steps", "rm_train_examples"})}
 
     def train_rms(d: Path) -> dict:
