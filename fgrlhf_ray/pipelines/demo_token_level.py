@@ -548,9 +548,6 @@ def stage_token_level_rm(d: Path, *, train_feedback: str, dev_feedback: str, tes
     """
     import torch
 
-    from fgrlhf_ray.data.rm_data import read_edit_jsonl
-    from fgrlhf_ray.rewards.training import train_reward_model
-
     if train_on not in ("direct", "make_edits"):
         raise ValueError(f"train_on must be 'direct' or 'make_edits', got {train_on!r}")
     if num_threads:
@@ -559,63 +556,87 @@ def stage_token_level_rm(d: Path, *, train_feedback: str, dev_feedback: str, tes
     files = {"train": train_feedback, "dev": dev_feedback, "test": test_feedback}
     result: dict[str, Any] = {"pairs": {}, "seconds": {}}
     t0 = time.perf_counter()
+    pairs = _write_pairs(d, files, seed=seed, counts=result["pairs"])
+    result["seconds"]["pairs"] = time.perf_counter() - t0
+    if via_make_edits:
+        t0 = time.perf_counter()
+        result["make_edits"] = _collect_via_make_edits(d, files, pairs, seed=seed, train_on=train_on)
+        result["seconds"]["make_edits"] = time.perf_counter() - t0
+    result["train_on"] = train_on
+    settings = {**TOKEN_SETTINGS, **(token_settings or {})}
+    result["token_settings"] = settings
+    token_dir, seq_dir, result["rms"] = _train_token_and_sequence_rms(
+        d, backbone=backbone, steps=steps, sequence_steps=sequence_steps or steps, train_examples=train_examples,
+        seed=seed, settings=settings)
+    t0 = time.perf_counter()
+    result["rms"]["token_level"]["normalization"] = token_reward_stats(token_dir, pairs["train"])
+    result["quality"] = evaluate_rms(token_dir, seq_dir, pairs["test"])
+    result["seconds"]["evaluate"] = time.perf_counter() - t0
+    result["target"] = target_check(result["quality"])
+    return result
+
+
+def _write_pairs(d: Path, files: dict[str, str], *, seed: int, counts: dict) -> dict[str, list[EditPair]]:
+    """Step 1: the edit pairs of each split → `<d>/pairs/{split}.jsonl` (train shuffled); fills `counts`."""
     pairs: dict[str, list[EditPair]] = {}
     for split, path in files.items():
         stats: dict = {}
         pairs[split] = edit_pairs_from_feedback(path, stats=stats)
-        result["pairs"][split] = {"file": str(d / "pairs" / f"{split}.jsonl"), **stats}
+        counts[split] = {"file": str(d / "pairs" / f"{split}.jsonl"), **stats}
         write_jsonl(d / "pairs" / f"{split}.jsonl", _shuffled(pairs[split], seed) if split == "train" else pairs[split])
-    result["seconds"]["pairs"] = time.perf_counter() - t0
+    return pairs
 
-    if via_make_edits:
-        t0 = time.perf_counter()
-        editor = SyntheticEditor.from_feedback_files(files.values())
-        result["make_edits"] = {"editor_model": EDITOR_MODEL, "note": "the synthetic editor is the oracle behind an "
-                                "OpenAI-compatible endpoint, not a language model"}
-        with SyntheticEditorServer(editor) as server:
-            for split, path in files.items():
-                out = d / "make_edits" / f"{split}.jsonl"
-                for f in (out, out.with_name(f"{split}.rejected.jsonl")):
-                    f.unlink(missing_ok=True)
-                summary = collect_with_make_edits(path, out, url=server.url)
-                collected = read_edit_jsonl(out)
-                result["make_edits"][split] = {
-                    "out": str(out), **{k: summary[k] for k in ("pairs", "accepted", "rejected", "rejected_by_reason",
-                                                                "failed", "requests", "seconds")},
-                    "vs_direct": compare_with_direct(pairs[split], collected)}
-                if train_on == "make_edits":
-                    pairs[split] = [EditPair(p.prompt, p.original, p.edited, group=_question_of(p.prompt))
-                                    for p in collected]
-                    write_jsonl(d / "pairs" / f"{split}.jsonl",
-                                _shuffled(pairs[split], seed) if split == "train" else pairs[split])
-        result["seconds"]["make_edits"] = time.perf_counter() - t0
-    result["train_on"] = train_on
 
-    settings = {**TOKEN_SETTINGS, **(token_settings or {})}
-    result["token_settings"] = settings
+def _collect_via_make_edits(d: Path, files: dict[str, str], pairs: dict[str, list[EditPair]], *, seed: int,
+                            train_on: str) -> dict:
+    """Step 2: the same answers through make-edits and the synthetic editor server, compared with
+    the direct pairs; with `train_on="make_edits"` the collected pairs replace them (in `pairs`
+    and on disk)."""
+    from fgrlhf_ray.data.rm_data import read_edit_jsonl
+
+    editor = SyntheticEditor.from_feedback_files(files.values())
+    out_result: dict[str, Any] = {"editor_model": EDITOR_MODEL, "note": "the synthetic editor is the oracle behind "
+                                  "an OpenAI-compatible endpoint, not a language model"}
+    with SyntheticEditorServer(editor) as server:
+        for split, path in files.items():
+            out = d / "make_edits" / f"{split}.jsonl"
+            for f in (out, out.with_name(f"{split}.rejected.jsonl")):
+                f.unlink(missing_ok=True)
+            summary = collect_with_make_edits(path, out, url=server.url)
+            collected = read_edit_jsonl(out)
+            out_result[split] = {
+                "out": str(out), **{k: summary[k] for k in ("pairs", "accepted", "rejected", "rejected_by_reason",
+                                                            "failed", "requests", "seconds")},
+                "vs_direct": compare_with_direct(pairs[split], collected)}
+            if train_on == "make_edits":
+                pairs[split] = [EditPair(p.prompt, p.original, p.edited, group=_question_of(p.prompt))
+                                for p in collected]
+                write_jsonl(d / "pairs" / f"{split}.jsonl",
+                            _shuffled(pairs[split], seed) if split == "train" else pairs[split])
+    return out_result
+
+
+def _train_token_and_sequence_rms(d: Path, *, backbone: str, steps: int, sequence_steps: int, train_examples: int,
+                                  seed: int, settings: dict) -> tuple[str, str, dict]:
+    """Step 3: the token-level and the sequence-level RM on `<d>/pairs`; (token dir, sequence dir, summaries)."""
+    from fgrlhf_ray.rewards.training import train_reward_model
+
     common = dict(backbone=backbone, train_path=str(d / "pairs" / "train.jsonl"),
                   dev_path=str(d / "pairs" / "dev.jsonl"), max_train_examples=train_examples, seed=seed)
     token_cfg = rm_config("token_level", name="token_level", output_dir=d / "token_level", steps=steps,
                           **settings, **common)
-    seq_cfg = rm_config("edit_preference", name="sequence", output_dir=d / "sequence",
-                        steps=sequence_steps or steps, **{k: v for k, v in settings.items()
-                                                          if k != "changed_token_loss_weight"}, **common)
-    result["rms"] = {}
+    seq_cfg = rm_config("edit_preference", name="sequence", output_dir=d / "sequence", steps=sequence_steps,
+                        **{k: v for k, v in settings.items() if k != "changed_token_loss_weight"}, **common)
+    rms = {}
     for key, cfg in (("token_level", token_cfg), ("sequence", seq_cfg)):
         summary = train_reward_model(cfg)
-        result["rms"][key] = {"path": cfg.output_dir, "task": cfg.task, "kind": "token_level" if key == "token_level"
-                              else "sequence_preference", "steps": cfg.max_steps,
-                              "train_pairs": summary["split"]["counts"]["train"],
-                              "best_dev_metric": summary["best_dev_metric"],
-                              "dev_metric_name": summary["dev_metric_name"], "fit_seconds": summary["fit_seconds"]}
+        rms[key] = {"path": cfg.output_dir, "task": cfg.task, "kind": "token_level" if key == "token_level"
+                    else "sequence_preference", "steps": cfg.max_steps,
+                    "train_pairs": summary["split"]["counts"]["train"], "best_dev_metric": summary["best_dev_metric"],
+                    "dev_metric_name": summary["dev_metric_name"], "fit_seconds": summary["fit_seconds"]}
         print(f"[token_level] {key} RM: dev {summary['dev_metric_name']} {summary['best_dev_metric']:.3f} "
               f"({summary['fit_seconds']:.0f}s)", flush=True)
-    t0 = time.perf_counter()
-    result["rms"]["token_level"]["normalization"] = token_reward_stats(token_cfg.output_dir, pairs["train"])
-    result["quality"] = evaluate_rms(token_cfg.output_dir, seq_cfg.output_dir, pairs["test"])
-    result["seconds"]["evaluate"] = time.perf_counter() - t0
-    result["target"] = target_check(result["quality"])
-    return result
+    return token_cfg.output_dir, seq_cfg.output_dir, rms
 
 
 def _question_of(prompt: str) -> str:
