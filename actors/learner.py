@@ -30,6 +30,7 @@ import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fgrlhf_ray.actors.group import ActorGroup, first, join
+from fgrlhf_ray.infra.chaos import chaos_point
 from fgrlhf_ray.infra.ports import free_port
 from fgrlhf_ray.workers.learner import ForwardBatch, LearnerSettings, as_forward_batch, mean_stats
 from fgrlhf_ray.types import Experience, RolloutBatch
@@ -122,6 +123,7 @@ class LearnerActor:
         return self.learner.compute_logprobs_and_values(batch)
 
     def train_step(self, experience: Experience) -> dict[str, float]:
+        chaos_point("learner")  # tests only: a scheduled kill lands here (fgrlhf_ray.infra.chaos)
         return self.learner.train_step(experience)
 
     def broadcast_address(self) -> tuple[str, int]:

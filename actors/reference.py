@@ -8,6 +8,7 @@ import ray
 import torch
 
 from fgrlhf_ray.actors.group import ActorGroup
+from fgrlhf_ray.infra.chaos import chaos_point
 
 
 @ray.remote
@@ -30,6 +31,7 @@ class ReferenceActor:
         return self.policy.pad_token_id
 
     def logprobs(self, batch: Any) -> torch.Tensor:
+        chaos_point("reference")  # tests only: a scheduled kill lands here (fgrlhf_ray.infra.chaos)
         return self.policy.logprobs(batch)
 
     def health(self) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from fgrlhf_ray.actors.group import ActorGroup, collect, join
+from fgrlhf_ray.infra.chaos import chaos_point
 from fgrlhf_ray.types import RolloutBatch
 from fgrlhf_ray.weight_sync import serialize_state_dict
 from fgrlhf_ray.workers.rollout import VLLMRolloutEngine
@@ -36,6 +37,7 @@ class RolloutActor:
         return self.engine.startup_s
 
     def generate(self, prompts: list[str], expect_weights_version: int | None = None, **kwargs: Any) -> RolloutBatch:
+        chaos_point("engine")  # tests only: a scheduled kill lands here (fgrlhf_ray.infra.chaos)
         if expect_weights_version is not None and expect_weights_version != self.weights_version:
             from fgrlhf_ray.infra.reliability import EngineWeightsLost
 

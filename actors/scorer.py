@@ -10,6 +10,7 @@ import ray
 from fgrlhf_ray.actors.group import ActorGroup, concat_lists, join
 from fgrlhf_ray.config import RewardModelConfig
 from fgrlhf_ray.control.audit import judge_rollout
+from fgrlhf_ray.infra.chaos import chaos_point
 from fgrlhf_ray.infra.reliability import actor_health
 from fgrlhf_ray.rewards.factory import build_scorer, credential_env_var, normalization_of
 from fgrlhf_ray.types import RolloutBatch, SegmentRewards
@@ -30,6 +31,7 @@ class ScorerActor:
         return normalization_of(self.config, self.scorer)
 
     def score(self, rollout: RolloutBatch, start: int = 0, stop: int | None = None) -> list[SegmentRewards]:
+        chaos_point(f"scorer:{self.config.name}")  # tests only: a scheduled kill / hang (fgrlhf_ray.infra.chaos)
         return score_rollout(self.scorer, rollout, start=start, stop=stop)
 
     def judge(self, rollout: RolloutBatch, indices: list[int]) -> tuple[list[SegmentRewards], float]:

@@ -30,6 +30,7 @@ from pydantic.json_schema import models_json_schema
 from ray import serve
 
 from fgrlhf_ray import __version__
+from fgrlhf_ray.infra.chaos import chaos_point
 from fgrlhf_ray.rewards.factory import build_scorer, normalization_of
 from fgrlhf_ray.serve.config import ServeConfig, ServedRewardModelConfig
 from fgrlhf_ray.serve.schema import (
@@ -157,6 +158,7 @@ class RewardModelDeployment:
         return out
 
     def _score_now(self, chunk: list) -> list[SegmentRewards]:
+        chaos_point(f"serve:{self.config.name}")  # tests only: a scheduled kill lands here (fgrlhf_ray.infra.chaos)
         prompts = [p for p, _ in chunk]
         responses = [r for _, r in chunk]
         result = self.scorer.score(prompts, responses)

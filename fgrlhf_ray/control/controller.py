@@ -112,6 +112,7 @@ class PPOController:
     # Warnings about blind / gamed reward models; None: built from config.diagnostics (if enabled).
     monitor: RewardMonitor | None = None
     auditor: Any = None  # fgrlhf_ray.control.audit.Auditor: the audit judge (config.audit), or None
+    chaos: Any = None  # test-only fault injection (`fgrlhf_ray.infra.chaos.ChaosMonkey`), or None
     step: int = 0
 
     def __post_init__(self) -> None:
@@ -119,6 +120,7 @@ class PPOController:
         if self.retry is None:
             self.retry = RetryPolicy(retries=self.config.ray.phase_retries, backoff_s=self.config.ray.retry_backoff_s)
         self.fault_events: list[dict] = []  # every fault met and how it was handled (the run's fault log)
+        self.injected_faults: list[dict] = []  # faults the chaos harness injected (tests only)
         self._pending: Generation | None = None  # the next step's batch, sampling since the last step
         self._open_faults: list[dict] = []  # faults of the current phase not yet recovered
         self.sampler = PromptSampler(list(self.prompts), seed=self.config.seed, shuffle=self.config.data.shuffle)
@@ -363,6 +365,8 @@ class PPOController:
         to_launch = list(launch)
         while True:
             try:
+                if attempt == 0:
+                    self.inject_chaos(phase)
                 for name in to_launch:
                     handles[name] = launch[name]()
                 values, ready_after = self.runtime.resolve(handles, timeout=self.phase_timeout(phase))
@@ -438,12 +442,25 @@ class PPOController:
         alive = getattr(self.learner, "alive", None)
         return True if alive is None else bool(alive())
 
+    def inject_chaos(self, phase: str, step: int | None = None) -> None:
+        """Tests only: arm the faults `chaos` schedules for `step` (default: the one in progress)
+        and `phase`; they count as recovered when the phase completes (`fgrlhf_ray.infra.chaos`)."""
+        if self.chaos is None:
+            return
+        events = self.chaos.inject(self.step + 1 if step is None else step, phase)
+        self.injected_faults.extend(events)
+        self._open_faults.extend(events)
+
     def _phase_succeeded(self, phase: str) -> None:
         now = time.time()
         for event in self._open_faults:
-            event["recovered_after_s"] = now - event["detected_at"]
-            log.warning("recovered: step %d, phase %s completed %.1f s after the fault (%s)",
-                        event["step"], phase, event["recovered_after_s"], ", ".join(event["participants"]))
+            # A detected fault counts from its detection, an injected one from the injection.
+            began = event.get("injected_at", event.get("detected_at"))
+            if began is None:  # an injected fault whose target was not called in this phase
+                continue
+            event["recovered_after_s"] = now - began
+            log.warning("recovered: step %d, phase %s completed %.1f s after the fault (%s)", event["step"], phase,
+                        event["recovered_after_s"], ", ".join(event.get("participants") or [event.get("target", "?")]))
         self._open_faults.clear()
 
     def evaluate(self, prompts: Sequence[str]) -> dict[str, float]:

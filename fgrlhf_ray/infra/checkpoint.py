@@ -22,6 +22,8 @@ import re
 import shutil
 from pathlib import Path
 
+from fgrlhf_ray.infra.chaos import chaos_point
+
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -46,6 +48,7 @@ def begin(root: str | Path, step: int) -> Path:
 def commit(root: str | Path, tmp: Path, step: int, *, controller_state: dict, config_yaml: str,
            keep_last: int) -> Path:
     """Finish a checkpoint written into `tmp`: metadata, rename, `latest`, pruning."""
+    chaos_point("checkpoint")  # tests only: a scheduled ENOSPC is raised here (fgrlhf_ray.infra.chaos)
     root = Path(root)
     (tmp / "controller.json").write_text(json.dumps(controller_state, indent=2))
     (tmp / "config.yaml").write_text(config_yaml)

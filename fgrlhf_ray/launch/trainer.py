@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from fgrlhf_ray.config import RunConfig, dump_config, load_config
 from fgrlhf_ray.control.controller import PPOController, ScorerSpec
 from fgrlhf_ray.control.services import PhaseFailed
 from fgrlhf_ray.errors import ConfigError, FgrlhfError, RunFailed
+from fgrlhf_ray.infra.chaos import ChaosMonkey
 from fgrlhf_ray.infra.metrics import MetricsLogger, truncate_after
 from fgrlhf_ray.launch.placement import ACTOR_ENV, init_ray, placement_groups
 from fgrlhf_ray.launch.runtime import RayRuntime
@@ -68,6 +70,7 @@ class Trainer:
         self.config_path = config_path  # for the "how to resume" messages
         self._stop_requested = False
         self._interrupts = 0
+        self._failed_saves: list[dict] = []  # fault events of the checkpoint saves failed since the last good one
 
     # -- construction -------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class Trainer:
             push_weights=self._weight_pusher(),
             auditor=(Auditor(config=config.audit, judge=self.audit_judge, seed=config.seed)
                      if self.audit_judge is not None else None),
+            chaos=ChaosMonkey.from_env(),  # None unless a test set FGRLHF_CHAOS_SCHEDULE
         )
         return self.controller
 
@@ -218,18 +222,51 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, *, last: bool = False) -> Path | None:
+        """Write a checkpoint of the current step (`last`: the run's final one); None if the
+        write failed (see `_save_failed`)."""
         import ray
 
         config = self.config
         root = config.checkpoint_dir()
         step = self.controller.step
-        tmp = checkpoint.begin(root, step)
-        ray.get(self.learner.save_checkpoint(str(tmp)), timeout=self.controller.phase_timeout("checkpoint"))
-        final = checkpoint.commit(root, tmp, step, controller_state=self.controller.state_dict(),
-                                  config_yaml=dump_config(config), keep_last=config.checkpoint.keep_last)
+        self.controller.inject_chaos("checkpoint", step)  # tests only: a scheduled ENOSPC
+        tmp = None
+        try:
+            tmp = checkpoint.begin(root, step)
+            ray.get(self.learner.save_checkpoint(str(tmp)), timeout=self.controller.phase_timeout("checkpoint"))
+            final = checkpoint.commit(root, tmp, step, controller_state=self.controller.state_dict(),
+                                      config_yaml=dump_config(config), keep_last=config.checkpoint.keep_last)
+        except OSError as exc:  # disk full, quota, permissions (a remote one arrives as a RayTaskError that is one)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self._save_failed(step, exc, last=last)
+            return None
+        now = time.time()
+        for event in self._failed_saves:
+            event["recovered_after_s"] = now - event["detected_at"]
+        self._failed_saves.clear()
         log.info("checkpoint: %s", final)
         return final
+
+    def _save_failed(self, step: int, exc: OSError, *, last: bool) -> None:
+        """A failed save is a fault: the partial folder is gone, the previous checkpoint stays valid
+        (`latest` still names it), and training goes on — unless this was the run's last save, or
+        more than `ray.phase_retries` saves in a row failed (`RunFailed`)."""
+        root = self.config.checkpoint_dir()
+        previous = checkpoint.latest_checkpoint(root, warn=lambda _: None)
+        kept = f"the last complete checkpoint {previous} stays valid" if previous else "no complete checkpoint exists yet"
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        event = {"step": step, "phase": "checkpoint", "participants": ["checkpoint"], "kind": "error",
+                 "error": what, "attempt": len(self._failed_saves) + 1, "detected_at": time.time(),
+                 "outcome": f"skipped; {kept}"}
+        self.controller.fault_events.append(event)
+        self._failed_saves.append(event)
+        log.error("checkpoint of step %d under %s failed (%s); %s", step, root, what, kept)
+        if last or len(self._failed_saves) > self.config.ray.phase_retries:
+            which = "the run's last checkpoint save" if last else f"{len(self._failed_saves)} checkpoint saves in a row"
+            raise RunFailed(f"run stopped: {which} failed, the last at step {step} under {root} ({what}); {kept}. "
+                            f"Free space there (or set checkpoint.dir) and resume with: {self._resume_command()}")
 
     def find_resume_checkpoint(self) -> Path | None:
         """The checkpoint `resume` names ("auto" = latest), checked against this run's config.
@@ -311,14 +348,13 @@ class Trainer:
                                     s_per_step=f"{m['time/step']:.1f}",
                                     **progress_summary(m, [rm.name for rm in config.reward_models]))
                     bar.update(1)
-                    if every and result.step % every == 0:
-                        self.save_checkpoint()
+                    if every and result.step % every == 0 and self.save_checkpoint() is not None:
                         saved_step = result.step
             controller.collect_audit(wait=True)  # the last audit's result, into audit.jsonl
             if self._stop_requested:
                 log.warning("stop requested: saving a checkpoint at step %d", controller.step)
             if history and saved_step != controller.step:
-                self.save_checkpoint()
+                self.save_checkpoint(last=True)
             if self._stop_requested and controller.step < total:
                 log.warning("stopped at step %d of %d; resume with: %s", controller.step, total, self._resume_command())
         finally:
@@ -340,9 +376,11 @@ class Trainer:
 
     def _write_fault_log(self) -> None:
         """Append this run's fault events to `<logging.dir>/faults.jsonl` (one JSON per fault)."""
-        events = getattr(getattr(self, "controller", None), "fault_events", [])
+        controller = getattr(self, "controller", None)
+        events = getattr(controller, "fault_events", []) + getattr(controller, "injected_faults", [])
         if not events:
             return
+        events = sorted(events, key=lambda e: e.get("detected_at", e.get("armed_at", 0.0)))
         with (Path(self.config.logging.dir) / "faults.jsonl").open("a", encoding="utf-8") as f:
             for event in events:
                 f.write(json.dumps(event) + "\n")
