@@ -442,14 +442,18 @@ class PPOController:
         alive = getattr(self.learner, "alive", None)
         return True if alive is None else bool(alive())
 
-    def inject_chaos(self, phase: str, step: int | None = None) -> None:
-        """Tests only: arm the faults `chaos` schedules for `step` (default: the one in progress)
-        and `phase`; they count as recovered when the phase completes (`fgrlhf_ray.infra.chaos`)."""
+    def inject_chaos(self, phase: str, step: int | None = None) -> list[dict]:
+        """Tests only: arm the faults `chaos` schedules for `phase` of `step` (`fgrlhf_ray.infra.chaos`).
+
+        Without `step` (the step in progress: a phase of `_resolve_with_retries`) they count as
+        recovered when the phase completes; otherwise the caller closes the returned events."""
         if self.chaos is None:
-            return
+            return []
         events = self.chaos.inject(self.step + 1 if step is None else step, phase)
         self.injected_faults.extend(events)
-        self._open_faults.extend(events)
+        if step is None:
+            self._open_faults.extend(events)
+        return events
 
     def _phase_succeeded(self, phase: str) -> None:
         now = time.time()

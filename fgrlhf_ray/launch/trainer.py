@@ -71,6 +71,7 @@ class Trainer:
         self._stop_requested = False
         self._interrupts = 0
         self._failed_saves: list[dict] = []  # fault events of the checkpoint saves failed since the last good one
+        self._unsaved: list[dict] = []  # those and the injected faults behind them: recovered at the next good save
 
     # -- construction -------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class Trainer:
         config = self.config
         root = config.checkpoint_dir()
         step = self.controller.step
-        self.controller.inject_chaos("checkpoint", step)  # tests only: a scheduled ENOSPC
+        injected = self.controller.inject_chaos("checkpoint", step)  # tests only: a scheduled ENOSPC
         tmp = None
         try:
             tmp = checkpoint.begin(root, step)
@@ -240,12 +241,14 @@ class Trainer:
         except OSError as exc:  # disk full, quota, permissions (a remote one arrives as a RayTaskError that is one)
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+            self._unsaved.extend(injected)
             self._save_failed(step, exc, last=last)
             return None
         now = time.time()
-        for event in self._failed_saves:
-            event["recovered_after_s"] = now - event["detected_at"]
+        for event in self._unsaved:
+            event["recovered_after_s"] = now - event.get("injected_at", event.get("detected_at"))
         self._failed_saves.clear()
+        self._unsaved.clear()
         log.info("checkpoint: %s", final)
         return final
 
@@ -262,6 +265,7 @@ class Trainer:
                  "outcome": f"skipped; {kept}"}
         self.controller.fault_events.append(event)
         self._failed_saves.append(event)
+        self._unsaved.append(event)
         log.error("checkpoint of step %d under %s failed (%s); %s", step, root, what, kept)
         if last or len(self._failed_saves) > self.config.ray.phase_retries:
             which = "the run's last checkpoint save" if last else f"{len(self._failed_saves)} checkpoint saves in a row"
