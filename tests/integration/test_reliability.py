@@ -15,7 +15,14 @@
   learner to the other (node ids asserted), so its data crosses nodes through the object
   store; its memory limit is tiny, so the memory guard must report every actor.
 
-Three training processes in all; the assertions share them.
+- A chaos run (`fgrlhf_ray.infra.chaos`, schedule `SCHEDULE`): a clean 10-step run with two served
+  RMs (a `serve` and an `http` scorer) and the same run under 8 faults of 7 kinds — SIGKILLs from
+  the driver of the engine, a scorer replica, the reference, a Serve replica of each served RM and a
+  learner rank, a hung scorer, ENOSPC at a checkpoint — plus `ray job stop`: three jobs (the learner
+  kill ends the first with exit 3, the stop the second); every step's metrics equal the clean run's.
+- Serve under chaos: 32 HTTP clients for 60 s while a replica is SIGKILLed twice.
+
+Seven training processes in all; the assertions share them.
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from fgrlhf_ray.infra.chaos import kill_tree
 from fgrlhf_ray.infra.ports import free_port
 import yaml
 
@@ -50,7 +59,7 @@ COMPARED = ("reward/total_mean", "reward/grounded/mean", "reward/brevity/mean", 
 
 
 def write_config(folder: Path, policy: Path, *, total_steps: int, run_dir: Path, ray: dict | None = None,
-                 learner: dict | None = None) -> Path:
+                 learner: dict | None = None, reward_models: list | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     prompts = folder / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"text": q}) + "\n" for q in QUESTIONS))
@@ -59,7 +68,7 @@ def write_config(folder: Path, policy: Path, *, total_steps: int, run_dir: Path,
         "policy": {"model_path": str(policy)},
         "rollout": {"num_engines": 1, "max_model_len": 256, "kv_cache_space_gib": 1,
                     "sampling": {"max_new_tokens": 12, "n_samples_per_prompt": 2, "temperature": 1.0}},
-        "reward_models": [
+        "reward_models": reward_models or [
             {"name": "grounded", "kind": "function", "density": "sentence", "weight": 0.5,
              "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_cpus": 0.5},
             # brevity, but its actor process exits once (FGRLHF_FAULT_DIR / FGRLHF_FAULT_AT_CALL)
@@ -101,15 +110,16 @@ def local_cluster():
     anything using its temp dir), never `ray stop`, which would stop every cluster here.
     """
     temp_dir = tempfile.mkdtemp(prefix="fgr", dir="/tmp")
+    chaos_dir = tempfile.mkdtemp(prefix="fgrchaos")  # every process of the cluster sees it (inert until armed)
     gcs_port, dashboard_port = free_port(), free_port()
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
            f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-           "--include-dashboard=true", "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+           "--include-dashboard=true", "--num-cpus=6", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     # Loopback-only test cluster without token auth (Ray >= 2.5x turns it on when ~/.ray/auth_token
     # exists; a real cluster keeps it and clients pass RAY_AUTH_TOKEN).
-    proc = subprocess.Popen(cmd, env=clean_env(RAY_AUTH_MODE="disabled"), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=clean_env(RAY_AUTH_MODE="disabled", FGRLHF_CHAOS_DIR=chaos_dir),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         from ray.job_submission import JobSubmissionClient
@@ -125,9 +135,11 @@ def local_cluster():
                 if time.time() > deadline:
                     raise
                 time.sleep(2)
-        yield {"address": address, "client": client, "gcs": f"127.0.0.1:{gcs_port}", "temp_dir": temp_dir}
+        yield {"address": address, "client": client, "gcs": f"127.0.0.1:{gcs_port}", "temp_dir": temp_dir,
+               "chaos_dir": Path(chaos_dir)}
     finally:
         _stop_own_cluster(proc, temp_dir)
+        shutil.rmtree(chaos_dir, ignore_errors=True)
 
 
 def _stop_own_cluster(proc: subprocess.Popen, temp_dir: str) -> None:
@@ -189,18 +201,10 @@ def job_run(local_cluster, tiny_llama_factory, tmp_path_factory):
 
 def kill_engine(dashboard: str) -> dict:
     """SIGKILL the vLLM engine actor's process and its children (vLLM's engine-core process)."""
-    import psutil
     from ray.util.state import list_actors
 
     [actor] = list_actors(address=dashboard, filters=[("class_name", "=", "RolloutActor"), ("state", "=", "ALIVE")])
-    proc = psutil.Process(actor.pid)
-    victims = proc.children(recursive=True) + [proc]
-    for victim in victims:
-        try:
-            victim.kill()
-        except psutil.Error:
-            pass
-    return {"pid": actor.pid, "time": time.time(), "processes": len(victims)}
+    return {"pid": actor.pid, "time": time.time(), "processes": kill_tree(actor.pid)}
 
 
 def test_job_succeeds_despite_a_scorer_crash(job_run):
@@ -338,3 +342,275 @@ def test_killed_driver_resumes_to_the_same_numbers_on_two_nodes(job_run, tiny_ll
     print(f"\nplacement of the resumed run: {placement}")
     print(f"\ndriver SIGKILL after step 2: resume process (start-up + steps 3-4) took {resume_s:.0f} s; "
           f"step 3 reward {rows[2]['reward/total_mean']:.5f} vs uninterrupted {reference[3]['reward/total_mean']:.5f}")
+
+
+# ------------------------------------------------------------------ scenario 3: a chaos run that loses nothing
+
+SERVE_APP = "fgrlhf-chaos"
+# Every fault the harness injects into the chaos run (`fgrlhf_ray.infra.chaos`), by step and phase:
+# SIGKILLs from outside (the driver) of paused targets, a hang, a full disk; then `ray job stop`.
+SCHEDULE = [
+    {"step": 2, "phase": "generate", "fault": "kill", "target": "engine"},
+    {"step": 3, "phase": "score", "fault": "kill", "target": "scorer:brevity"},
+    {"step": 3, "phase": "score", "fault": "kill", "target": "serve:served_a"},  # scored by a `serve` scorer
+    {"step": 4, "phase": "score", "fault": "kill", "target": "reference"},
+    {"step": 4, "phase": "score", "fault": "kill", "target": "serve:served_b"},  # scored by an `http` scorer
+    {"step": 5, "phase": "score", "fault": "hang", "target": "scorer:brevity"},
+    {"step": 5, "phase": "checkpoint", "fault": "enospc", "target": "checkpoint"},
+    {"step": 7, "phase": "learn", "fault": "kill", "target": "learner"},
+]
+CHAOS_STEPS = 10
+SCORE_TIMEOUT_S = 30  # the hung scorer is killed after this (ray.phase_timeouts.score)
+CHAOS_COMPARED = COMPARED[:1] + ("reward/served_a/mean", "reward/served_b/mean") + COMPARED[2:]
+
+
+@pytest.fixture(scope="module")
+def served_app(local_cluster, tmp_path_factory):
+    """Two served function RMs (2 replicas each) in the cluster, deployed by `fgrlhf serve --no-block`."""
+    root = tmp_path_factory.mktemp("served")
+    port = free_port()
+    served = {"name": None, "kind": "function", "target": "fgrlhf_ray.serve.testing:word_count_reward",
+              "density": "sequence", "num_replicas": 2, "num_cpus": 0.1}
+    config = {"port": port, "app_name": SERVE_APP, "token_env": None,
+              "reward_models": [{**served, "name": "served_a"}, {**served, "name": "served_b"}]}
+    (root / "serve.yaml").write_text(yaml.safe_dump(config))
+    env = clean_env(RAY_ADDRESS=local_cluster["gcs"], RAY_AUTH_MODE="disabled")
+    deployed = subprocess.run([sys.executable, "-m", "fgrlhf_ray.cli", "serve", "--config", "serve.yaml",
+                               "--no-block"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert deployed.returncode == 0, deployed.stderr[-4000:]
+    return {"url": f"http://127.0.0.1:{port}"}
+
+
+def chaos_reward_models(url: str) -> list[dict]:
+    return [
+        {"name": "grounded", "kind": "function", "density": "sentence", "weight": 0.5,
+         "target": "fgrlhf_ray.rewards.builtin:prompt_grounded_sentences", "num_cpus": 0.5},
+        {"name": "served_a", "kind": "serve", "target": f"{SERVE_APP}/served_a", "density": "sequence",
+         "weight": 0.2, "num_cpus": 0},
+        {"name": "served_b", "kind": "http", "target": f"{url}#served_b", "density": "sequence",
+         "weight": 0.2, "num_cpus": 0, "timeout_s": 20},
+        {"name": "brevity", "kind": "function", "density": "sequence", "weight": 0.3,
+         "target": "fgrlhf_ray.rewards.builtin:brevity", "num_cpus": 0.5},
+    ]
+
+
+def run_job(client, folder: Path, *, args: str = "", env_vars: dict | None = None, on_poll=None) -> dict:
+    """Submit `fgrlhf train` from `folder` as a Ray job and wait for its end; `on_poll(job_id)` each second."""
+    from ray.job_submission import JobStatus
+
+    started = time.time()
+    job_id = client.submit_job(entrypoint=f"fgrlhf train --config train.yaml {args}",
+                               runtime_env={"working_dir": str(folder), "env_vars": env_vars or {}})
+    deadline = started + 1200
+    while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                             JobStatus.STOPPED):
+        assert time.time() < deadline, "job did not finish in 20 min"
+        if on_poll is not None:
+            on_poll(job_id)
+        time.sleep(1)
+    return {"status": status, "logs": client.get_job_logs(job_id), "message": client.get_job_info(job_id).message,
+            "ended": time.time(), "wall_s": time.time() - started}
+
+
+class StopAfter:
+    """`on_poll` that runs `ray job stop` once step `step` is in the metrics (the driver gets SIGTERM)."""
+
+    def __init__(self, client, run_dir: Path, step: int) -> None:
+        self.client, self.run_dir, self.step = client, run_dir, step
+        self.stopped_at: float | None = None
+        self.first_step_at: float | None = None  # when the resumed run's first new step appeared
+
+    def __call__(self, job_id: str) -> None:
+        rows = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").is_file() else []
+        if self.first_step_at is None and len(rows) > self.step - 2:
+            self.first_step_at = time.time()
+        if self.stopped_at is None and rows and rows[-1]["step"] >= self.step:
+            self.client.stop_job(job_id)
+            self.stopped_at = time.time()
+
+
+@pytest.fixture(scope="module")
+def chaos_runs(local_cluster, served_app, tiny_llama_factory, tmp_path_factory):
+    """A clean 10-step run, then the same run under `SCHEDULE` as three jobs: the learner kill
+    ends the first (exit 3), `ray job stop` the second, the third finishes."""
+    policy = tiny_llama_factory(tie_word_embeddings=False)
+    root = tmp_path_factory.mktemp("chaos")
+    client = local_cluster["client"]
+    rms = chaos_reward_models(served_app["url"])
+    ray_cfg = {"phase_timeouts": {"score": SCORE_TIMEOUT_S, "generate": 600}}
+    write_config(root / "clean", policy, total_steps=CHAOS_STEPS, run_dir=root / "clean_run", reward_models=rms,
+                 ray=ray_cfg)
+    clean = run_job(client, root / "clean")
+    write_config(root / "chaos", policy, total_steps=CHAOS_STEPS, run_dir=root / "run", reward_models=rms, ray=ray_cfg)
+    (root / "schedule.json").write_text(json.dumps(SCHEDULE))
+    env = {"FGRLHF_CHAOS_SCHEDULE": str(root / "schedule.json"),
+           "RAY_JOB_STOP_WAIT_TIME_S": "600"}  # Ray's default (3 s) SIGKILLs a driver still finishing its step
+    first = run_job(client, root / "chaos", env_vars=env)
+    stopper = StopAfter(client, root / "run", step=8)
+    second = run_job(client, root / "chaos", args="--resume auto", env_vars=env, on_poll=stopper)
+    ckpt_after_stop = (root / "run" / "checkpoints" / "latest").read_text().strip()
+    rows_after_stop = read_metrics(root / "run")
+    third = run_job(client, root / "chaos", args="--resume auto", env_vars=env)
+    injected = [json.loads(line) for line in (local_cluster["chaos_dir"] / "injected.jsonl").read_text().splitlines()]
+    faults = [json.loads(line) for line in (root / "run" / "faults.jsonl").read_text().splitlines()]
+    return {"clean": clean, "jobs": [first, second, third], "stopper": stopper, "run_dir": root / "run",
+            "clean_dir": root / "clean_run", "injected": injected, "faults": faults,
+            "ckpt_after_stop": ckpt_after_stop, "rows_after_stop": rows_after_stop}
+
+
+def by_target(events: list[dict]) -> dict:
+    return {(e["step"], e["target"]): e for e in events if e.get("injected")}
+
+
+def test_chaos_run_loses_nothing_and_equals_the_clean_run(chaos_runs):
+    assert chaos_runs["clean"]["status"] == "SUCCEEDED", chaos_runs["clean"]["logs"][-6000:]
+    assert chaos_runs["jobs"][2]["status"] == "SUCCEEDED", chaos_runs["jobs"][2]["logs"][-6000:]
+    clean = {r["step"]: r for r in read_metrics(chaos_runs["clean_dir"])}
+    rows = read_metrics(chaos_runs["run_dir"])
+    assert [r["step"] for r in rows] == list(range(1, CHAOS_STEPS + 1))  # no step twice, none missing
+    for row in rows:
+        for key in CHAOS_COMPARED:
+            assert row[key] == pytest.approx(clean[row["step"]][key], rel=1e-4, abs=1e-5), (row["step"], key)
+    # Every scheduled fault was injected (a pid was killed or hung), and faults.jsonl lists it.
+    injected = by_target(chaos_runs["injected"])
+    assert sorted(injected) == sorted((f["step"], f["target"]) for f in SCHEDULE)
+    assert all("outcome" not in e and e["injected_at"] >= e["armed_at"] for e in injected.values()), injected
+    assert all(e["processes"] >= 1 for e in injected.values() if e["fault"] == "kill")
+    logged = by_target(chaos_runs["faults"])
+    assert sorted(logged) == sorted(injected)
+    kinds = {(f["fault"], f["target"].split(":")[0]) for f in SCHEDULE}
+    assert len(SCHEDULE) >= 6 and len(kinds) >= 5
+    for key, event in logged.items():
+        if key != (7, "learner"):  # the learner's recovery is the resumed run (below)
+            assert event["recovered_after_s"] >= 0, event
+    detected = [f for f in chaos_runs["faults"] if not f.get("injected")]
+    print("\nchaos run, recovery (s) per injected fault: " + ", ".join(
+        f"step {s} {t}: {logged[(s, t)].get('recovered_after_s', float('nan')):.1f}" for s, t in sorted(logged)))
+    print("faults the controller saw: " + "; ".join(f"step {f['step']} {f['phase']} {f['participants']} {f['kind']} "
+                                                     f"-> {f['outcome']}" for f in detected))
+    print(f"wall: clean {chaos_runs['clean']['wall_s']:.0f} s; chaos jobs "
+          + ", ".join(f"{j['wall_s']:.0f} s" for j in chaos_runs["jobs"]))
+
+
+def test_learner_kill_exits_3_with_the_resume_command(chaos_runs):
+    first = chaos_runs["jobs"][0]
+    assert first["status"] == "FAILED" and "exit code 3" in first["message"], first["message"]
+    assert "a learner rank failed" in first["logs"], first["logs"][-6000:]
+    assert "Resume with: fgrlhf train --config train.yaml --resume auto" in first["logs"]
+    [detected] = [f for f in chaos_runs["faults"] if f.get("participants") == ["learn"]]
+    assert detected["step"] == 7 and detected["outcome"] == "abandoned (learner)"
+    second = chaos_runs["jobs"][1]
+    assert "step_000006 at step 6" in second["logs"], second["logs"][-6000:]  # resumed where the checkpoint was
+    kill = by_target(chaos_runs["injected"])[(7, "learner")]
+    print(f"\nlearner SIGKILL -> run exited {first['ended'] - kill['injected_at']:.1f} s later; "
+          f"resumed job's step 7 logged {chaos_runs['stopper'].first_step_at - first['ended']:.1f} s after that")
+
+
+def test_ray_job_stop_finishes_the_step_checkpoints_and_resume_continues(chaos_runs):
+    second, stopper = chaos_runs["jobs"][1], chaos_runs["stopper"]
+    assert stopper.stopped_at is not None and second["status"] == "STOPPED", second["logs"][-6000:]
+    assert "SIGTERM received: finishing the current step" in second["logs"], second["logs"][-6000:]
+    last = chaos_runs["rows_after_stop"][-1]["step"]
+    assert f"stopped at step {last} of {CHAOS_STEPS}; resume with" in second["logs"]
+    assert chaos_runs["ckpt_after_stop"] == f"step_{last:06d}"  # the finished step was checkpointed
+    third = chaos_runs["jobs"][2]
+    assert f"at step {last}" in third["logs"] and "dropped" not in third["logs"], third["logs"][-6000:]
+    print(f"\nray job stop -> driver exited {second['ended'] - stopper.stopped_at:.1f} s later after step {last}")
+
+
+def test_hung_scorer_is_killed_at_its_phase_timeout_and_the_step_completes(chaos_runs):
+    [timeout] = [f for f in chaos_runs["faults"] if f.get("kind") == "timeout"]
+    assert timeout["step"] == 5 and timeout["participants"] == ["score:brevity"], timeout
+    assert "restarted by Ray" in timeout["recovery"] and timeout["outcome"] == "retried"
+    hang = by_target(chaos_runs["faults"])[(5, "scorer:brevity")]
+    assert timeout["detected_at"] - hang["injected_at"] == pytest.approx(SCORE_TIMEOUT_S, abs=10)
+    print(f"\nhung scorer: timed out {timeout['detected_at'] - hang['injected_at']:.1f} s after it hung, "
+          f"step done {timeout['recovered_after_s']:.1f} s after the timeout")
+
+
+def test_served_replica_kills_are_carried_by_the_scorers_retries(chaos_runs):
+    logged = by_target(chaos_runs["faults"])
+    for step, target, scorer in ((3, "serve:served_a", "score:served_a"), (4, "serve:served_b", "score:served_b")):
+        assert logged[(step, target)]["recovered_after_s"] >= 0
+        # The scorer's own retries carried the call: the controller saw no fault of that scorer.
+        assert not [f for f in chaos_runs["faults"] if scorer in f.get("participants", [])], chaos_runs["faults"]
+        print(f"\n{target} replica SIGKILL at step {step}: phase done "
+              f"{logged[(step, target)]['recovered_after_s']:.1f} s after the kill")
+
+
+def test_enospc_at_a_checkpoint_keeps_the_previous_one(chaos_runs):
+    [failed] = [f for f in chaos_runs["faults"] if f.get("phase") == "checkpoint" and not f.get("injected")]
+    assert failed["step"] == 5 and "No space left on device" in failed["error"], failed
+    assert "step_000004 stays valid" in failed["outcome"]
+    assert failed["recovered_after_s"] > 0  # the next save (step 6) succeeded
+    assert "checkpoint of step 5 under" in chaos_runs["jobs"][0]["logs"]
+    print(f"\nENOSPC at step 5's checkpoint: next checkpoint written {failed['recovered_after_s']:.1f} s later")
+
+
+# ------------------------------------------------------------------ scenario 4: Serve under chaos
+
+
+def test_serve_under_chaos_32_clients_two_replica_kills(served_app, local_cluster):
+    """32 clients score for 60 s through HTTP while a `served_a` replica is SIGKILLed twice. Each
+    client retries as the shipped clients do (`fgrlhf_ray.infra.http.http_request`, default policy)."""
+    import httpx
+    from ray.util.state import list_actors
+
+    from fgrlhf_ray.infra.http import RetryPolicy, http_request
+
+    clients, duration_s = 32, 60.0
+    raw, failed, ok, lock = [], [], [0], threading.Lock()
+    stop_at = time.monotonic() + duration_s
+    body = {"items": [{"prompt": QUESTIONS[0], "response": "the river school was founded by ada."}],
+            "models": ["served_a"]}
+
+    def client_loop(k: int) -> None:
+        with httpx.Client(base_url=served_app["url"], timeout=30.0) as c:
+            while time.monotonic() < stop_at:
+                def send(_: int) -> httpx.Response:
+                    try:
+                        r = c.post("/v1/score", json=body)
+                    except httpx.TransportError as exc:
+                        with lock:
+                            raw.append((time.time(), type(exc).__name__))
+                        raise
+                    if r.status_code >= 300:
+                        with lock:
+                            raw.append((time.time(), r.status_code))
+                    return r
+                try:
+                    http_request(send, policy=RetryPolicy(), what="score", timeout_s=30.0,
+                                 refuse=lambda r, why: RuntimeError(why), error=RuntimeError)
+                    with lock:
+                        ok[0] += 1
+                except RuntimeError as exc:
+                    with lock:
+                        failed.append(str(exc))
+
+    def replicas() -> list:
+        return list_actors(address=local_cluster["address"], filters=[
+            ("class_name", "=", f"ServeReplica:{SERVE_APP}:served_a"), ("state", "=", "ALIVE")])
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    kills = []
+    for at in (15.0, 35.0):
+        time.sleep(max(0.0, stop_at - duration_s + at - time.monotonic()))
+        victim = replicas()[0]
+        kills.append({"time": time.time(), "pid": victim.pid, "processes": kill_tree(victim.pid)})
+        while len([a for a in replicas() if a.pid != victim.pid]) < 2:  # Serve has replaced it
+            time.sleep(0.2)
+        kills[-1]["replaced_after_s"] = time.time() - kills[-1]["time"]
+    for t in threads:
+        t.join()
+    assert failed == [], failed[:5]
+    assert ok[0] > clients
+    assert all(k["processes"] >= 1 for k in kills)
+    bounds = [k["time"] for k in kills] + [float("inf")]
+    per_kill = [[t - bounds[i] for t, _ in raw if bounds[i] <= t < bounds[i + 1]] for i in range(len(kills))]
+    replaced = ", ".join(f"{k['replaced_after_s']:.1f}" for k in kills)
+    print(f"\nServe under chaos: {ok[0]} requests OK, {len(failed)} failed after client retries, {len(raw)} raw "
+          f"non-2xx / transport errors ({sorted({str(s) for _, s in raw})}), per kill: "
+          f"{[len(w) for w in per_kill]}, the last {[round(max(w, default=0.0), 1) for w in per_kill]} s after it; "
+          f"replica replaced {replaced} s after each kill")
