@@ -51,8 +51,12 @@ class ChaosFault:
 
     @property
     def slot(self) -> str:
-        """File-name-safe target name (`scorer:brevity` → `scorer_brevity`)."""
-        return self.target.replace(":", "_").replace("/", "_")
+        return slot_of(self.target)
+
+
+def slot_of(target: str) -> str:
+    """File-name-safe target name (`scorer:brevity` → `scorer_brevity`)."""
+    return target.replace(":", "_").replace("/", "_")
 
 
 def parse_schedule(entries: list) -> list[ChaosFault]:
@@ -92,7 +96,7 @@ def chaos_point(target: str) -> None:
     folder = os.environ.get(DIR_ENV)
     if not folder:
         return
-    slot = ChaosFault(0, "", "", target).slot
+    slot = slot_of(target)
     armed = Path(folder) / f"armed.{slot}"
     claimed = Path(folder) / f"claimed.{slot}.{os.getpid()}"
     try:
@@ -102,10 +106,15 @@ def chaos_point(target: str) -> None:
     fault = claimed.read_text().strip()
     if fault == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (injected by the chaos harness at {target})")
-    busy = Path(folder) / f"busy.{slot}"
-    busy.with_suffix(".tmp").write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
-    os.replace(busy.with_suffix(".tmp"), busy)
+    _write_atomically(Path(folder) / f"busy.{slot}", json.dumps({"pid": os.getpid(), "time": time.time()}))
     time.sleep(PAUSE_S)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers see all of `text` or no file (a temporary name of this process's own, then a rename)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class ChaosMonkey:
@@ -133,9 +142,7 @@ class ChaosMonkey:
                 continue
             event = {**asdict(fault), "injected": True, "armed_at": time.time()}
             (self.folder / f"busy.{fault.slot}").unlink(missing_ok=True)
-            armed = self.folder / f"armed.{fault.slot}"
-            armed.with_suffix(".tmp").write_text(fault.fault)
-            os.replace(armed.with_suffix(".tmp"), armed)
+            _write_atomically(self.folder / f"armed.{fault.slot}", fault.fault)
             if fault.fault == "enospc":  # fails the write as soon as it starts
                 event["injected_at"] = event["armed_at"]
                 self._record(event)
