@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -49,7 +50,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field, model_validator
 
 from fgrlhf_ray.config import GROUP_ESTIMATORS, AdvantageEstimator, StrictModel
-from fgrlhf_ray.pipelines.demo_report import FACTUALITY_ERRORS, METHODS, RELEVANCE_ERRORS
+from fgrlhf_ray.pipelines.demo_report import FACTUALITY_ERRORS, METHODS, POOL_QUALITY, RELEVANCE_ERRORS
 from fgrlhf_ray.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,12 @@ class DemoBudget(StrictModel):
 
     rm_samples_per_question: int = Field(4, ge=1)
     """Policy samples per question for the RM data (4: the QA-FEEDBACK schema's preferences)."""
+
+    prompt_pool: int | None = Field(None, ge=4)
+    """PPO draws its prompts from the first N training questions only (null: all of them). A pool
+    smaller than ppo_steps × prompts_per_step makes each question come back, as in paper A's
+    multi-epoch PPO; the evaluation then also judges the pool's questions (what PPO optimises)
+    beside the held-out test questions (whether the gain transfers)."""
 
 
 PRESETS: dict[str, DemoBudget] = {
@@ -284,6 +291,16 @@ def stage_data(d: Path, *, n: int, seed: int) -> dict:
     from fgrlhf_ray.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(d, n=n, seed=seed)
+
+
+def stage_prompt_pool(d: Path, *, data_dir: Path, size: int) -> dict:
+    """`<d>/train.json`: the first `size` training questions, the prompts every PPO run draws from."""
+    train = json.loads((data_dir / "train.json").read_text())
+    if size > len(train):
+        raise ConfigError(f"budget.prompt_pool ({size}) is larger than the {len(train)} training questions; "
+                          "lower it or raise budget.n_questions")
+    (d / "train.json").write_text(json.dumps(train[:size], ensure_ascii=False))
+    return {"train_file": str(d / "train.json"), "n": size}
 
 
 def stage_sft(d: Path, *, data_dir: Path, steps: int, seed: int, num_threads: int | None) -> dict:
@@ -547,8 +564,9 @@ def reward_models_of(arm: str, method: str, *, rms: dict, ppo: "DemoPPOSettings"
 
 
 def ppo_run_config(arm: str, method: str, *, run_dir: Path, policy: str, rms: dict, data_dir: Path,
-                   budget: DemoBudget, ppo: DemoPPOSettings, seed: int) -> dict:
-    """The `fgrlhf train` config of one arm and method (also written next to its run as config.yaml)."""
+                   budget: DemoBudget, ppo: DemoPPOSettings, seed: int, train_file: str | None = None) -> dict:
+    """The `fgrlhf train` config of one arm and method (also written next to its run as config.yaml).
+    `train_file`: the PPO prompts (default: every training question of `data_dir`)."""
     reward_models = reward_models_of(arm, method, rms=rms, ppo=ppo)
     n_evals = math.ceil(budget.ppo_steps / budget.eval_every) + 1
     batch = budget.prompts_per_step * budget.samples_per_prompt
@@ -566,7 +584,7 @@ def ppo_run_config(arm: str, method: str, *, run_dir: Path, policy: str, rms: di
                 "advantage_estimator": ppo.advantage_estimator},
         "learner": {"world_size": 1, "zero_stage": 0, "micro_batch_size": min(16, batch),
                     "num_cpus_per_rank": ppo.learner_cpus},
-        "data": {"train_file": str(data_dir / "train.json"), "dev_file": str(data_dir / "dev.json")},
+        "data": {"train_file": train_file or str(data_dir / "train.json"), "dev_file": str(data_dir / "dev.json")},
         "logging": {"dir": str(run_dir), "tensorboard": True, "eval_every": 0},
         "checkpoint": {"every": budget.eval_every, "keep_last": n_evals},
     }
@@ -631,20 +649,30 @@ def oracle_scores(records: Sequence[dict], responses: Sequence[str], baseline: S
 
 
 def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, dict[str, dict[int, dict]]],
-                   budget: DemoBudget, num_threads: int | None) -> dict:
+                   budget: DemoBudget, num_threads: int | None, pool_file: str | None = None) -> dict:
     """Greedy answers of the SFT policy and of every saved checkpoint, judged by the oracle.
 
     `runs[arm][method][seed]` is a PPO stage result. Returns the `demo_report` input: curves
     per arm/method/seed, and per-question quality of each final checkpoint (for paired SEs).
+    With `pool_file` (the PPO prompt pool) every point also has `POOL_QUALITY`: the mean oracle
+    quality on the pool's first `n_eval_prompts` questions, the ones PPO trained on.
     """
     import torch
 
     if num_threads:
         torch.set_num_threads(num_threads)
     records = json.loads((data_dir / "test.json").read_text())[: budget.n_eval_prompts]
-    prompts = [r["text"] for r in records]
-    sft_out = generate_greedy(sft_policy, prompts, max_new_tokens=budget.max_new_tokens)
-    sft_metrics, sft_quality = oracle_scores(records, sft_out, sft_out)
+    pool = json.loads(Path(pool_file).read_text())[: budget.n_eval_prompts] if pool_file else []
+
+    def judge(policy_dir: str, baseline: list[str] | None) -> tuple[list[str], dict, list[float]]:
+        out = generate_greedy(policy_dir, [r["text"] for r in records], max_new_tokens=budget.max_new_tokens)
+        metrics, quality = oracle_scores(records, out, baseline or out)
+        if pool:
+            pool_out = generate_greedy(policy_dir, [r["text"] for r in pool], max_new_tokens=budget.max_new_tokens)
+            metrics[POOL_QUALITY] = statistics.fmean(oracle_scores(pool, pool_out, pool_out)[1])
+        return out, metrics, quality
+
+    sft_out, sft_metrics, sft_quality = judge(sft_policy, None)
     curves: dict = {}
     final_quality: dict = {}
     samples: dict[str, list[dict]] = {"sft": [{"question": r["question"], "response": o}
@@ -659,11 +687,11 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
                 points = [{"step": 0, **sft_metrics}]
                 last_out, quality = sft_out, sft_quality
                 for step, policy_dir in sorted(run["checkpoints"].items(), key=lambda kv: int(kv[0])):
-                    last_out = generate_greedy(policy_dir, prompts, max_new_tokens=budget.max_new_tokens)
-                    metrics, quality = oracle_scores(records, last_out, sft_out)
+                    last_out, metrics, quality = judge(policy_dir, sft_out)
                     points.append({"step": int(step), **metrics})
                     print(f"[demo]   {arm}/{method} seed {seed} step {step}: oracle quality "
-                          f"{metrics['mean_quality_ratio']:.3f}, win vs SFT {metrics['win_rate_vs_sft']:.2f}", flush=True)
+                          f"{metrics['mean_quality_ratio']:.3f}, win vs SFT {metrics['win_rate_vs_sft']:.2f}"
+                          + (f", on the PPO prompt pool {metrics[POOL_QUALITY]:.3f}" if pool else ""), flush=True)
                 curves[arm][method][str(seed)] = points
                 final_quality[arm][method][str(seed)] = quality
                 if seed == next(iter(by_seed)):
@@ -673,7 +701,7 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
     (d / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False))
     (d / ANSWERS_FILE).write_text(json.dumps(answers, indent=1, ensure_ascii=False))
     return {"sft": sft_metrics, "sft_quality": sft_quality, "curves": curves, "final_quality": final_quality,
-            "n_prompts": len(records)}
+            "n_prompts": len(records), "n_pool_prompts": len(pool)}
 
 
 ANSWERS_FILE = "answers.json"
@@ -780,6 +808,9 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
                                                                         seed=config.seed, num_threads=config.num_threads))
         rm_quality = {**(rm_quality or {}), **token_rm_quality(token_rm)}
     learned_rms = {**rms, **({"token_level": token_rm["rms"]["token_level"]} if token_rm else {})}
+    pool_key, pool = (stages.run("prompt_pool", {"data": data_key, "n": budget.prompt_pool},
+                                 lambda d: stage_prompt_pool(d, data_dir=data_dir, size=budget.prompt_pool))
+                      if budget.prompt_pool else (None, {}))
     runs: dict[str, dict[str, dict[int, dict]]] = {arm: {m: {} for m in config.methods_of(arm)} for arm in arms}
     ppo_keys = {}
     for seed in seeds:
@@ -787,16 +818,19 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
             for method in config.methods_of(arm):
                 name = f"ppo/{arm}/{method}/seed{seed}"
                 run_cfg = ppo_run_config(arm, method, run_dir=stages.dir(name), policy=sft["policy"], rms=learned_rms,
-                                         data_dir=data_dir, budget=budget, ppo=config.ppo, seed=seed)
+                                         data_dir=data_dir, budget=budget, ppo=config.ppo, seed=seed,
+                                         train_file=pool.get("train_file"))
                 payload = {"sft": sft_key, "rm": rm_key if arm == "learned" else None, "config": run_cfg}
                 if method == "token_level":
                     payload["rm"] = token_key
                 key, runs[arm][method][seed] = stages.run(name, payload, lambda d, c=run_cfg: stage_ppo(d, run_config=c))
                 ppo_keys[name] = key
-    eval_key, evaluation = stages.run("evaluate", {"ppo": ppo_keys, "n": budget.n_eval_prompts, "version": 3},
+    eval_key, evaluation = stages.run("evaluate", {"ppo": ppo_keys, "n": budget.n_eval_prompts, "version": 3,
+                                                   **({"pool": pool_key} if pool_key else {})},
                                       lambda d: stage_evaluate(d, data_dir=data_dir, sft_policy=sft["policy"],
                                                                runs=runs, budget=budget,
-                                                               num_threads=config.num_threads))
+                                                               num_threads=config.num_threads,
+                                                               pool_file=pool.get("train_file")))
     stages.run("inspect", {"evaluate": eval_key, "rm": rm_key, "n": INSPECT_QUESTIONS},
                lambda d: stage_inspect(out, data_dir=data_dir, evaluate_dir=stages.dir("evaluate"), rms=rms,
                                        ppo=config.ppo))

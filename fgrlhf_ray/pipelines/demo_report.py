@@ -17,7 +17,10 @@ Verdict rules (issue 16):
   holistic by the same two rules, and the verdict names the method with the best final
   oracle quality and how fast each one reached holistic's final quality;
 - gaming: a method whose final sentences or sub-sentences per answer moved more than
-  `GAMING_THRESHOLD` (25%) from the SFT policy's is flagged.
+  `GAMING_THRESHOLD` (25%) from the SFT policy's is flagged;
+- with a PPO prompt pool (`budget.prompt_pool`) the points also carry `POOL_QUALITY`, the
+  oracle quality on questions PPO trained on: a table row and the same sample-efficiency line
+  on it. The verdict stays on the held-out test questions.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ TABLE_ORDER = ("holistic", "fine_grained", "token_level")  # the report's column
 METHOD_TITLES = {"fine_grained": "fine-grained", "holistic": "holistic", "token_level": "token-level"}
 ARM_TITLES = {"learned": "learned reward models", "oracle": "oracle rewards"}
 QUALITY = "mean_quality_ratio"
+#: Oracle quality on the PPO prompt pool's questions (`budget.prompt_pool`): what PPO optimises.
+POOL_QUALITY = "pool/mean_quality_ratio"
 GAMING_THRESHOLD = 0.25
 GAMING_KEYS = ("shape/sentences_per_answer", "shape/sub_sentences_per_answer")
 # Oracle error types grouped as paper A's reward models see them (C1 relevance, C2 factuality).
@@ -47,6 +52,7 @@ HEADLINE = [  # (metric key, label, lower is better; None = neither)
     ("frac_with_any_error", "answers with an error", True),
     ("perfect_rate", "perfect answers", False),
     (QUALITY, "oracle quality (share of max)", False),
+    (POOL_QUALITY, "oracle quality on the PPO prompt pool (trained-on questions)", False),
     ("win_rate_vs_sft", "oracle win rate vs SFT", False),
     ("shape/words_per_answer", "words / answer", None),
     ("shape/sentences_per_answer", "sentences / answer", None),
@@ -222,6 +228,9 @@ def analyse(evaluation: dict) -> dict:
         out[arm] = {"summary": summary, "comparison": comparison, "sample_efficiency": efficiency,
                     "gaming": gaming_flags(summary), "verdict": verdict(summary, comparison),
                     "goal": goal_check(arm, summary, comparison, efficiency)}
+        if POOL_QUALITY in summary["sft"]:  # a prompt pool: the same question of speed on what PPO trained on
+            out[arm]["pool_sample_efficiency"] = {m: sample_efficiency(by_method, POOL_QUALITY, method=m)
+                                                  for m in comparisons}
         if len(comparisons) > 1:  # a third method (token-level): each against holistic, and the best
             out[arm]["verdict"] = verdict_methods(summary, comparisons, efficiencies)
             out[arm]["methods"] = {m: {"comparison": comparisons[m], "sample_efficiency": efficiencies[m]}
@@ -325,6 +334,11 @@ def write_report(out: Path, *, header: list[str], analysis: dict, evaluation: di
                          f" (holistic itself at step {e['holistic_step']})"
                          + ("; holistic ended at or below SFT, so this says nothing about speed"
                             if e["target"] <= a["summary"]["sft"][QUALITY][0] else ""))
+        for m, e in a.get("pool_sample_efficiency", {}).items():
+            lines.append(f"- on the PPO prompt pool (questions PPO trained on): {METHOD_TITLES[m]} reached holistic's "
+                         f"final pool quality ({e['target']:.3f}) at step "
+                         f"{e[f'{m}_step'] if e[f'{m}_step'] is not None else 'never'} of {e['total_steps']} "
+                         f"(holistic itself at step {e['holistic_step']}; SFT {a['summary']['sft'][POOL_QUALITY][0]:.3f})")
         lines += [f"- ⚠ gaming: {g}" for g in a["gaming"]] or ["- no method's segment counts moved more than "
                                                             f"{GAMING_THRESHOLD:.0%} from SFT"]
         lines += warning_lines(evaluation.get("warnings", {}).get(arm, {}))
@@ -349,7 +363,9 @@ def plot_curves(path: Path, evaluation: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(QUALITY, "oracle quality ↑"), ("relevance_errors_per_sentence", "relevance errors / sentence ↓"),
+    pool = any(POOL_QUALITY in p for arm in evaluation["curves"].values() for runs in arm.values()
+               for pts in runs.values() for p in pts)
+    panels = [(QUALITY, "oracle quality ↑"), *([(POOL_QUALITY, "oracle quality on the PPO prompt pool ↑")] if pool else []), ("relevance_errors_per_sentence", "relevance errors / sentence ↓"),
               ("factuality_errors_per_sentence", "factuality errors / sentence ↓"),
               ("shape/sub_sentences_per_answer", "sub-sentences / answer")]
     arms = list(evaluation["curves"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -157,3 +158,29 @@ def test_estimator_reaches_every_ppo_run_config(tmp_path):
             raw = ppo_run_config(arm, method, run_dir=tmp_path / "run", policy="p", rms=rms, data_dir=tmp_path,
                                  budget=config.sizes(), ppo=config.ppo, seed=0)
             assert RunConfig.model_validate(raw).ppo.advantage_estimator == "rloo"
+
+
+def test_prompt_pool_is_the_first_training_questions_and_every_run_trains_on_it(tmp_path):
+    from fgrlhf_ray.config import RunConfig
+    from fgrlhf_ray.pipelines.demo import ppo_run_config, stage_prompt_pool
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text(json.dumps([{"text": f"q{i}"} for i in range(10)]))
+    (tmp_path / "pool").mkdir()
+    pool = stage_prompt_pool(tmp_path / "pool", data_dir=data, size=4)
+    assert [r["text"] for r in json.loads(open(pool["train_file"]).read())] == ["q0", "q1", "q2", "q3"]
+    with pytest.raises(ConfigError, match="budget.prompt_pool .11. is larger than the 10 training questions"):
+        stage_prompt_pool(tmp_path / "pool", data_dir=data, size=11)
+    config = DemoConfig()
+    raw = ppo_run_config("oracle", "holistic", run_dir=tmp_path / "run", policy="p", rms={}, data_dir=data,
+                         budget=config.sizes(), ppo=config.ppo, seed=0, train_file=pool["train_file"])
+    assert RunConfig.model_validate(raw).data.train_file == pool["train_file"]
+    default = ppo_run_config("oracle", "holistic", run_dir=tmp_path / "run", policy="p", rms={}, data_dir=data,
+                             budget=config.sizes(), ppo=config.ppo, seed=0)
+    assert default["data"]["train_file"] == str(data / "train.json")
+
+
+def test_prompt_pool_below_4_is_a_config_error(tmp_path):
+    result = run_cli("--quick", "--out", str(tmp_path / "o"), "--set", "budget.prompt_pool=2", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "budget.prompt_pool" in result.stderr

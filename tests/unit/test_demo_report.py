@@ -131,3 +131,23 @@ def test_three_methods_verdict_table_and_token_level_goal(tmp_path):
     assert "| token-level (sum of r_t) | 0.950 | 0.900 | 0.600 | 0.400 |" in text
     assert "token-level reached holistic's final quality (-0.400) at step 3 of 6" in text
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_prompt_pool_quality_gets_a_table_row_a_speed_line_and_a_panel(tmp_path):
+    def pooled(step, quality, pool_q):
+        return {**point(step, quality), R.POOL_QUALITY: pool_q}
+
+    curves = {"oracle": {"fine_grained": {"0": [pooled(0, -0.5, 0.2), pooled(4, -0.55, 0.5), pooled(8, -0.6, 0.6)]},
+                         "holistic": {"0": [pooled(0, -0.5, 0.2), pooled(4, -0.5, 0.3), pooled(8, -0.52, 0.5)]}}}
+    evaluation = {"sft": {**SFT, R.POOL_QUALITY: 0.2}, "curves": curves, "n_prompts": 4,
+                  "final_quality": {"oracle": {"fine_grained": {"0": [-0.6] * 4}, "holistic": {"0": [-0.5] * 4}}}}
+    analysis = R.analyse(evaluation)
+    eff = analysis["oracle"]["pool_sample_efficiency"]["fine_grained"]
+    assert eff["target"] == pytest.approx(0.5) and eff["fine_grained_step"] == 4 and eff["holistic_step"] == 8
+    text = R.write_report(tmp_path, header=["# t"], analysis=analysis, evaluation=evaluation, n_seeds=1,
+                          rm_quality=None, timings={"total": 1.0})
+    assert "| oracle quality on the PPO prompt pool (trained-on questions) ↑ | 0.200 | 0.500 | 0.600 |" in text
+    assert "on the PPO prompt pool (questions PPO trained on): fine-grained reached holistic's final pool quality " \
+           "(0.500) at step 4 of 8 (holistic itself at step 8; SFT 0.200)" in text
+    assert "pool_sample_efficiency" not in R.analyse({**evaluation, "sft": SFT, "curves": {
+        "oracle": {m: {"0": [point(0, -0.5), point(4, -0.4)]} for m in ("fine_grained", "holistic")}}})["oracle"]
