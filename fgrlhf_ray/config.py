@@ -92,6 +92,12 @@ class SamplingConfig(StrictModel):
     n_samples_per_prompt: int = Field(1, ge=1)
     """Responses sampled per prompt in each rollout."""
 
+    @property
+    def logprob_temperature(self) -> float:
+        """τ of the learner's and the reference's log-probs: softmax(logits / τ) is the distribution
+        the engines sample from (top-k / top-p aside). Greedy (0) has none: the raw logits."""
+        return self.temperature or 1.0
+
 
 class RolloutConfig(StrictModel):
     num_engines: int = Field(1, ge=1)

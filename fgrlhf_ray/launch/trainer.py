@@ -53,6 +53,7 @@ def learner_settings(config: RunConfig, *, pad_token_id: int) -> LearnerSettings
         seed=config.seed, pad_token_id=pad_token_id,
         use_critic=ppo.advantage_estimator == "gae",
         kl_loss_coef=ppo.kl_coef if ppo.kl_in == "loss" else 0.0,
+        logprob_temperature=config.rollout.sampling.logprob_temperature,
     )
 
 
@@ -169,6 +170,7 @@ class Trainer:
                          runtime_env={"env_vars": dict(ACTOR_ENV)}),
             num_threads=1, model_path=config.policy.model_path, dtype=config.policy.dtype,
             micro_batch_size=config.batch_geometry().micro_batch_size, pad_token_id=pad_token_id,
+            logprob_temperature=config.rollout.sampling.logprob_temperature,
         )
 
     def _start_scorers(self):

@@ -820,7 +820,8 @@ def run_demo(config: DemoConfig, *, fresh: bool = False) -> dict:
                 run_cfg = ppo_run_config(arm, method, run_dir=stages.dir(name), policy=sft["policy"], rms=learned_rms,
                                          data_dir=data_dir, budget=budget, ppo=config.ppo, seed=seed,
                                          train_file=pool.get("train_file"))
-                payload = {"sft": sft_key, "rm": rm_key if arm == "learned" else None, "config": run_cfg}
+                payload = {"sft": sft_key, "rm": rm_key if arm == "learned" else None, "config": run_cfg,
+                           "trainer": 2}  # 2: log-probs at the sampling temperature (runs before it learnt π at τ 1)
                 if method == "token_level":
                     payload["rm"] = token_key
                 key, runs[arm][method][seed] = stages.run(name, payload, lambda d, c=run_cfg: stage_ppo(d, run_config=c))

@@ -26,7 +26,12 @@ prompt left-padded to P and the response right-padded to T; response token t sit
 column P + t and is predicted by the logits (and valued by the critic) at P + t − 1.
 Positions are counted over real tokens only (`position_ids_from_attention_mask`), as
 vLLM does, so learner and sampler log-probs agree on left-padded prompts. Log-probs use
-the raw logits (temperature 1), matching vLLM's `raw_logprobs`.
+the logits divided by the rollout's sampling temperature τ (`logprob_temperature`), so that
+the ratio and the gradient are those of the distribution the engines sampled from, as
+OpenRLHF, veRL and TRL do. With τ 1 instead, sampling at 0.7 and learning π at 1 made the
+entropy explode (0.76 → 3.5 nats in 28 GRPO steps on the demo) while the same run at τ 0.7
+climbed its reward (docs/demo_experiments.md §7). Only the weight-sync probe compares raw
+(τ 1) log-probs, because vLLM's probe returns those.
 
 Dropout: every forward runs with the modules in eval mode (dropout off, gradients still
 flow), so the PPO ratio is exactly 1 on the first minibatch of each step.
@@ -133,13 +138,16 @@ def causal_lm_response_logprobs(
     num_actions: int,
     *,
     return_logits: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run a causal LM on (B, P+T) sequences; return (B, T) response log-probs (float32).
 
-    `out[b, t] = log softmax(logits[b, P+t-1])[sequences[b, P+t]]`, positions counted
-    over real tokens. With `return_logits`, also the (B, T, V) logits at the response
-    positions (for the entropy statistic), else None.
+    `out[b, t] = log softmax(logits[b, P+t-1] / τ)[sequences[b, P+t]]`, positions counted
+    over real tokens, τ = `temperature` (the sampling temperature). With `return_logits`, also
+    the (B, T, V) logits / τ at the response positions (for the entropy statistic), else None.
     """
+    if temperature <= 0:
+        raise ValueError(f"causal_lm_response_logprobs: temperature must be > 0, got {temperature}")
     position_ids = position_ids_from_attention_mask(attention_mask)
     prompt_len = sequences.shape[1] - num_actions
     if accepts_logits_to_keep(model):
@@ -149,13 +157,14 @@ def causal_lm_response_logprobs(
         logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
                        use_cache=False, logits_to_keep=num_actions + 1).logits  # (B, T+1, V)
         resp_logits = logits[:, :num_actions]  # (B, T, V): position P−1+t predicts response token t
-        logprobs = logprobs_from_logits(resp_logits, sequences[:, prompt_len:])
     else:
         logits = model(
             input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).logits  # (B, P+T, V)
-        logprobs = gather_response_logprobs(logits, sequences, prompt_len)
         resp_logits = logits[:, prompt_len - 1 : -1]
+    if temperature != 1.0:
+        resp_logits = resp_logits / temperature
+    logprobs = logprobs_from_logits(resp_logits, sequences[:, prompt_len:])
     return logprobs, (resp_logits if return_logits else None)
 
 
@@ -401,6 +410,8 @@ class LearnerSettings:
     kl_loss_coef: float = 0.0  # β of a KL-to-reference term in the policy loss; 0 = none (the KL is in
     #   the rewards) [ppo.kl_coef when ppo.kl_in is "loss"]
     kl_loss_estimator: str = "k3"  # estimator of that term (`algo.kl.KL_ESTIMATORS`)
+    logprob_temperature: float = 1.0  # τ: log-probs of softmax(logits / τ), the distribution the
+    #   engines sample from [rollout.sampling.temperature]
 
 
 # ½ in `ppo_value_loss`'s ½ · max(...) squared error: the critic loss is rescaled from it.
@@ -553,8 +564,11 @@ class PPOLearner:
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
 
-    def _policy_logprobs(self, seq, attn, num_actions, *, return_logits=False):
-        return causal_lm_response_logprobs(self.policy_engine, seq, attn, num_actions, return_logits=return_logits)
+    def _policy_logprobs(self, seq, attn, num_actions, *, return_logits=False, temperature=None):
+        """Response log-probs at the sampling temperature (`temperature` overrides it: the probe's 1)."""
+        tau = self.settings.logprob_temperature if temperature is None else temperature
+        return causal_lm_response_logprobs(self.policy_engine, seq, attn, num_actions, return_logits=return_logits,
+                                           temperature=tau)
 
     def _critic_values(self, seq, attn, num_actions) -> torch.Tensor:
         values = self.critic_engine(seq, attn)  # (B, P+T)
@@ -583,7 +597,8 @@ class PPOLearner:
 
     @torch.no_grad()
     def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
-        """log π_θ of each token of `response_ids` after `prompt_ids` (one unpadded sequence).
+        """log π_θ of each token of `response_ids` after `prompt_ids` (one unpadded sequence), from
+        the raw logits (τ 1, whatever the sampling temperature).
 
         The value vLLM's `probe_logprobs` must match after a weight sync. Under ZeRO-3
         every rank must call it (the forward gathers parameters collectively).
@@ -592,7 +607,7 @@ class PPOLearner:
             raise ValueError("probe_logprobs: prompt_ids and response_ids must both be non-empty.")
         seq = torch.tensor([list(prompt_ids) + list(response_ids)], dtype=torch.long)
         lp, _ = self._policy_logprobs(
-            self._to_device(seq), self._to_device(torch.ones_like(seq)), len(response_ids)
+            self._to_device(seq), self._to_device(torch.ones_like(seq)), len(response_ids), temperature=1.0
         )
         return [float(x) for x in lp[0].cpu()]
 

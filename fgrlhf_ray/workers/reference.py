@@ -44,6 +44,7 @@ class ReferencePolicy:
         micro_batch_size: int = 16,
         device: str | None = None,
         pad_token_id: int | None = None,
+        logprob_temperature: float = 1.0,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -61,6 +62,9 @@ class ReferencePolicy:
         if pad_token_id is None:
             pad_token_id = default_pad_token_id(self.model.config)
         self.pad_token_id = pad_token_id
+        if logprob_temperature <= 0:
+            raise ValueError(f"ReferencePolicy: logprob_temperature must be > 0, got {logprob_temperature}.")
+        self.logprob_temperature = logprob_temperature  # the sampling τ, as the learner's (KL of like to like)
 
     @torch.no_grad()
     def logprobs(self, batch: Any) -> torch.Tensor:
@@ -73,6 +77,7 @@ class ReferencePolicy:
         T = fb.action_mask.shape[1]
         parts = []
         for seq, attn, t in trimmed_micro_batches(fb, self.micro_batch_size):
-            lp, _ = causal_lm_response_logprobs(self.model, seq.to(self.device), attn.to(self.device), t)
+            lp, _ = causal_lm_response_logprobs(self.model, seq.to(self.device), attn.to(self.device), t,
+                                                temperature=self.logprob_temperature)
             parts.append(pad_right(lp.float().cpu(), T))
         return torch.cat(parts) * fb.action_mask

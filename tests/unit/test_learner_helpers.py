@@ -59,6 +59,35 @@ def test_causal_lm_response_logprobs_equals_a_per_sample_loop():
             torch.testing.assert_close(got[i, : len(r)], want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("full_logits", [False, True])
+def test_response_logprobs_are_those_of_the_sampling_temperature(full_logits):
+    """log softmax(logits / τ): the distribution the engines sample from, on both logits paths."""
+    model = _tiny_lm()
+    lm = _NoLogitsToKeep(model) if full_logits else model
+    rb = _rollout(B=3)
+    pr = pad_rollout(rb, pad_token_id=0)
+    with torch.no_grad():
+        got, scaled = causal_lm_response_logprobs(lm, pr.sequences, pr.attention_mask, pr.response_len,
+                                                  return_logits=True, temperature=0.7)
+        raw, logits = causal_lm_response_logprobs(lm, pr.sequences, pr.attention_mask, pr.response_len,
+                                                  return_logits=True)
+        for i, (p, r) in enumerate(zip(rb.prompt_ids, rb.response_ids)):
+            one = model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1] / 0.7
+            want = torch.log_softmax(one, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
+            torch.testing.assert_close(got[i, : len(r)], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scaled, logits / 0.7)  # the entropy statistic is of the same distribution
+    assert not torch.allclose(got, raw)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        causal_lm_response_logprobs(lm, pr.sequences, pr.attention_mask, pr.response_len, temperature=0.0)
+
+
+def test_the_run_config_gives_learner_and_reference_the_sampling_temperature():
+    from fgrlhf_ray.config import SamplingConfig
+
+    assert SamplingConfig(temperature=0.7).logprob_temperature == 0.7
+    assert SamplingConfig(temperature=0.0).logprob_temperature == 1.0  # greedy: raw logits
+
+
 class _NoLogitsToKeep(torch.nn.Module):
     """A causal LM whose forward has no `logits_to_keep` (the full-logits path)."""
 

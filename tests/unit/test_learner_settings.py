@@ -33,6 +33,11 @@ def test_settings_are_frozen_picklable_and_carry_every_learner_field():
         assert name in ppo_names and name in {f.name for f in dataclasses.fields(LearnerSettings)}, name
 
 
+def test_learner_log_probs_use_the_rollout_sampling_temperature():
+    config = RunConfig.model_validate({**ONE_RM, "rollout": {"sampling": {"temperature": 0.7}}})
+    assert learner_settings(config, pad_token_id=0).logprob_temperature == 0.7
+
+
 def test_kl_loss_coef_is_zero_when_the_kl_is_in_the_reward():
     config = RunConfig.model_validate({**ONE_RM, "ppo": {"kl_coef": 0.2}})
     assert learner_settings(config, pad_token_id=0).kl_loss_coef == 0.0
