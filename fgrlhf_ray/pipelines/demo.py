@@ -213,6 +213,11 @@ class DemoConfig(StrictModel):
                 f"and needs budget.samples_per_prompt >= 2 (preset {self.preset!r} has "
                 f"{self.sizes().samples_per_prompt}); set --set budget.samples_per_prompt=2 or choose "
                 "ppo.advantage_estimator 'gae' or 'reinforce_pp'")
+        budget = self.sizes()
+        n_train = int(budget.n_questions * TRAIN_SHARE)
+        if budget.prompt_pool is not None and budget.prompt_pool > n_train:
+            raise ValueError(f"budget.prompt_pool ({budget.prompt_pool}) is larger than the {n_train} training "
+                             f"questions of budget.n_questions {budget.n_questions}; lower it or raise n_questions")
         if self.methods is not None and not {"fine_grained", "holistic"} <= set(self.methods):
             raise ValueError(f"methods must include fine_grained and holistic (the report compares every method "
                              f"with holistic), got {self.methods}")
@@ -287,10 +292,13 @@ class Stages:
 # ------------------------------------------------------------------------ the stages
 
 
+TRAIN_SHARE = 0.8  # of the synthetic questions: the training split (then 10% dev, 10% test)
+
+
 def stage_data(d: Path, *, n: int, seed: int) -> dict:
     from fgrlhf_ray.data.synthetic import write_synthetic_dataset
 
-    return write_synthetic_dataset(d, n=n, seed=seed)
+    return write_synthetic_dataset(d, n=n, seed=seed, train_frac=TRAIN_SHARE, dev_frac=0.1)
 
 
 def stage_prompt_pool(d: Path, *, data_dir: Path, size: int) -> dict:

@@ -181,6 +181,8 @@ def test_prompt_pool_is_the_first_training_questions_and_every_run_trains_on_it(
     assert default["data"]["train_file"] == str(data / "train.json")
 
 
-def test_prompt_pool_below_4_is_a_config_error(tmp_path):
-    result = run_cli("--quick", "--out", str(tmp_path / "o"), "--set", "budget.prompt_pool=2", cwd=tmp_path)
+@pytest.mark.parametrize("pool", ["2", "161"])  # below 4; above the quick preset's 160 training questions
+def test_a_bad_prompt_pool_exits_2_before_any_stage(tmp_path, pool):
+    result = run_cli("--quick", "--out", str(tmp_path / "o"), "--set", f"budget.prompt_pool={pool}", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "budget.prompt_pool" in result.stderr
+    assert not (tmp_path / "o").exists()
