@@ -673,10 +673,11 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
     pool = json.loads(Path(pool_file).read_text())[: budget.n_eval_prompts] if pool_file else []
 
     def judge(policy_dir: str, baseline: list[str] | None) -> tuple[list[str], dict, list[float]]:
-        out = generate_greedy(policy_dir, [r["text"] for r in records], max_new_tokens=budget.max_new_tokens)
+        # One model load and one generation pass for the test and the pool questions.
+        both = generate_greedy(policy_dir, [r["text"] for r in records + pool], max_new_tokens=budget.max_new_tokens)
+        out, pool_out = both[: len(records)], both[len(records):]
         metrics, quality = oracle_scores(records, out, baseline or out)
         if pool:
-            pool_out = generate_greedy(policy_dir, [r["text"] for r in pool], max_new_tokens=budget.max_new_tokens)
             metrics[POOL_QUALITY] = statistics.fmean(oracle_scores(pool, pool_out, pool_out)[1])
         return out, metrics, quality
 
@@ -709,7 +710,7 @@ def stage_evaluate(d: Path, *, data_dir: Path, sft_policy: str, runs: dict[str, 
     (d / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False))
     (d / ANSWERS_FILE).write_text(json.dumps(answers, indent=1, ensure_ascii=False))
     return {"sft": sft_metrics, "sft_quality": sft_quality, "curves": curves, "final_quality": final_quality,
-            "n_prompts": len(records), "n_pool_prompts": len(pool)}
+            "n_prompts": len(records)}
 
 
 ANSWERS_FILE = "answers.json"
