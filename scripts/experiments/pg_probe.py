@@ -24,12 +24,13 @@ import json
 import os
 import random
 import time
+from types import SimpleNamespace
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fgrlhf_ray.algo.estimators import compute_advantages
-from fgrlhf_ray.algo.experience import gather_response_logprobs, position_ids_from_attention_mask
+from fgrlhf_ray.algo.experience import gather_response_logprobs, pad_rollout, position_ids_from_attention_mask
 from fgrlhf_ray.algo.losses import masked_mean, ppo_policy_loss
 from fgrlhf_ray.algo.rewards import ScorerOutput, place_segment_rewards, token_char_offsets
 from fgrlhf_ray.data import oracle_scorers
@@ -148,17 +149,11 @@ class Probe:
 
 
 def pad(enc: dict, responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """sequences (B, P+T), attention_mask (B, P+T), action_mask (B, T), P: the `pad_rollout` layout."""
-    B, P, T = len(responses), enc["input_ids"].shape[1], max(len(r) for r in responses)
-    seq = torch.full((B, P + T), pad_id, dtype=torch.long)
-    att = torch.zeros((B, P + T), dtype=torch.long)
-    mask = torch.zeros((B, T))
-    seq[:, :P], att[:, :P] = enc["input_ids"], enc["attention_mask"]
-    for i, r in enumerate(responses):
-        seq[i, P:P + len(r)] = torch.tensor(r)
-        att[i, P:P + len(r)] = 1
-        mask[i, :len(r)] = 1
-    return seq, att, mask, P
+    """sequences (B, P+T), attention_mask (B, P+T), action_mask (B, T), P: `pad_rollout`'s layout."""
+    prompts = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
+    batch = SimpleNamespace(prompt_ids=prompts, response_ids=responses, logprobs=[[0.0] * len(r) for r in responses])
+    padded = pad_rollout(batch, pad_token_id=pad_id)
+    return padded.sequences, padded.attention_mask, padded.action_mask, padded.prompt_len
 
 
 def main() -> None:
